@@ -1,0 +1,184 @@
+"""Frozen model config, read from and written to a Hugging Face `config.json`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+from jshear.errors import JShearError, check
+
+# HF model_type -> jshear block family.
+_FAMILY_OF_MODEL_TYPE = {"llama": "llama", "mistral": "llama", "cohere": "parallel"}
+_ROPE_TYPES = ("default", "linear", "llama3")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Shape and numerics of one model. `family` picks the block layout.
+
+  llama:    x += attn(rmsnorm(x)); x += mlp(rmsnorm(x))      (LLaMA/Mistral/SmolLM2)
+  parallel: h = layernorm(x); x += attn(h) + mlp(h)          (PaLM/CHOP, exported as Cohere)
+  """
+  vocab_size: int
+  hidden_size: int
+  intermediate_size: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  family: str = "llama"
+  norm_eps: float = 1e-5
+  rope_theta: float = 10000.0
+  # Hashable form of HF's rope scaling dict, e.g. (("factor", 8.0), ("rope_type", "llama3"), ...).
+  rope_scaling: tuple | None = None
+  tie_embeddings: bool = False
+  max_position_embeddings: int = 4096
+  qk_norm: bool = False         # parallel family: per-head LayerNorm on q and k
+  logit_scale: float = 1.0      # parallel family (Cohere): logits *= logit_scale
+  bos_token_id: int | None = 1
+  eos_token_id: int | None = 2
+  remat: str = "none"           # one of REMAT_POLICIES
+  attention_impl: str = "xla"
+  scan_layers: bool = True
+
+  def __post_init__(self):
+    check(self.family in ("llama", "parallel"),
+          f"model.family must be 'llama' or 'parallel', got {self.family!r}")
+    for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                 "num_kv_heads", "head_dim"):
+      check(getattr(self, name) > 0, f"model.{name} must be positive, got {getattr(self, name)}")
+    check(self.num_heads % self.num_kv_heads == 0,
+          f"model.num_heads ({self.num_heads}) must be divisible by model.num_kv_heads "
+          f"({self.num_kv_heads})")
+    check(self.head_dim % 2 == 0, f"model.head_dim must be even for RoPE, got {self.head_dim}")
+    check(self.remat in REMAT_POLICIES, f"model.remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
+    if self.rope_scaling is not None:
+      rope_type = dict(self.rope_scaling).get("rope_type", "default")
+      check(rope_type in _ROPE_TYPES,
+            f"rope_scaling type {rope_type!r} is not supported (supported: {_ROPE_TYPES})")
+
+  @property
+  def group_size(self) -> int:
+    """Query heads per KV head."""
+    return self.num_heads // self.num_kv_heads
+
+  def replace(self, **kw) -> "ModelConfig":
+    return dataclasses.replace(self, **kw)
+
+  # ---- parameter counts -------------------------------------------------------------
+  def layer_params(self) -> int:
+    d, dh = self.hidden_size, self.head_dim
+    attn = d * dh * (2 * self.num_heads + 2 * self.num_kv_heads)
+    mlp = 3 * d * self.intermediate_size
+    norms = 2 * d if self.family == "llama" else d
+    if self.qk_norm:
+      norms += (self.num_heads + self.num_kv_heads) * dh
+    return attn + mlp + norms
+
+  def non_embedding_params(self) -> int:
+    """Every parameter except embeddings / LM head (the count pruning targets use)."""
+    return self.num_layers * self.layer_params() + self.hidden_size
+
+  def num_params(self) -> int:
+    emb = self.vocab_size * self.hidden_size
+    return self.non_embedding_params() + emb * (1 if self.tie_embeddings else 2)
+
+  # ---- Hugging Face config.json ------------------------------------------------------
+  @classmethod
+  def from_hf_dict(cls, hf: dict[str, Any], **overrides) -> "ModelConfig":
+    model_type = hf.get("model_type")
+    if model_type not in _FAMILY_OF_MODEL_TYPE:
+      raise JShearError(f"unsupported model_type {model_type!r} in config.json "
+                        f"(supported: {sorted(_FAMILY_OF_MODEL_TYPE)})")
+    family = _FAMILY_OF_MODEL_TYPE[model_type]
+    for key in ("attention_bias", "mlp_bias"):
+      check(not hf.get(key, False), f"config.json has {key}=true; jshear models have no biases")
+    if model_type == "mistral":
+      sw = hf.get("sliding_window")
+      check(sw is None or sw >= hf.get("max_position_embeddings", 0),
+            f"sliding-window attention (sliding_window={sw}) is not supported")
+    act = hf.get("hidden_act", "silu")
+    check(act == "silu", f"hidden_act {act!r} is not supported (only 'silu' / SwiGLU)")
+    heads = hf["num_attention_heads"]
+    kv = hf.get("num_key_value_heads") or heads
+    head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
+    rope = dict(hf.get("rope_parameters") or {})
+    # transformers<5 kept theta at the top level and scaling in rope_scaling.
+    theta = rope.pop("rope_theta", hf.get("rope_theta", 10000.0))
+    if hf.get("rope_scaling"):
+      rope.update(hf["rope_scaling"])
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    rope.pop("type", None)
+    rope["rope_type"] = rope_type
+    rope_scaling = None if rope_type == "default" else tuple(sorted(rope.items()))
+    if family == "parallel":
+      default_tie, eps = True, hf.get("layer_norm_eps", 1e-5)
+    else:
+      default_tie, eps = False, hf.get("rms_norm_eps", 1e-5)
+    kw = dict(
+        vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
+        intermediate_size=hf["intermediate_size"], num_layers=hf["num_hidden_layers"],
+        num_heads=heads, num_kv_heads=kv, head_dim=head_dim, family=family, norm_eps=eps,
+        rope_theta=float(theta), rope_scaling=rope_scaling,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", default_tie)),
+        max_position_embeddings=hf.get("max_position_embeddings", 4096),
+        qk_norm=bool(hf.get("use_qk_norm", False)),
+        logit_scale=float(hf.get("logit_scale", 1.0)) if family == "parallel" else 1.0,
+        bos_token_id=_first(hf.get("bos_token_id")), eos_token_id=_first(hf.get("eos_token_id")))
+    kw.update(overrides)
+    return cls(**kw)
+
+  def to_hf_dict(self) -> dict[str, Any]:
+    rope = {"rope_type": "default", "rope_theta": self.rope_theta}
+    if self.rope_scaling is not None:
+      rope.update(dict(self.rope_scaling))
+      rope["rope_theta"] = self.rope_theta
+    common = dict(
+        vocab_size=self.vocab_size, hidden_size=self.hidden_size,
+        intermediate_size=self.intermediate_size, num_hidden_layers=self.num_layers,
+        num_attention_heads=self.num_heads, num_key_value_heads=self.num_kv_heads,
+        max_position_embeddings=self.max_position_embeddings, hidden_act="silu",
+        tie_word_embeddings=self.tie_embeddings, rope_parameters=rope,
+        attention_bias=False, bos_token_id=self.bos_token_id, eos_token_id=self.eos_token_id)
+    if self.family == "llama":
+      return dict(common, model_type="llama", architectures=["LlamaForCausalLM"],
+                  rms_norm_eps=self.norm_eps, head_dim=self.head_dim, mlp_bias=False)
+    if self.head_dim * self.num_heads != self.hidden_size:
+      # CohereConfig derives head_dim = hidden_size // num_attention_heads.
+      raise JShearError(
+          f"cannot export a parallel-family model with head_dim {self.head_dim} x heads "
+          f"{self.num_heads} != hidden_size {self.hidden_size}: Cohere derives head_dim from them")
+    return dict(common, model_type="cohere", architectures=["CohereForCausalLM"],
+                layer_norm_eps=self.norm_eps, use_qk_norm=self.qk_norm,
+                logit_scale=self.logit_scale)
+
+  @classmethod
+  def from_hf_dir(cls, path: str, **overrides) -> "ModelConfig":
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.exists(cfg_path):
+      raise JShearError(f"{cfg_path} not found: not a Hugging Face model directory")
+    with open(cfg_path) as f:
+      return cls.from_hf_dict(json.load(f), **overrides)
+
+  # ---- jshear's own serialisation ----------------------------------------------------
+  def to_json(self) -> str:
+    d = dataclasses.asdict(self)
+    d["rope_scaling"] = None if self.rope_scaling is None else dict(self.rope_scaling)
+    return json.dumps(d, indent=2, sort_keys=True)
+
+  @classmethod
+  def from_json(cls, text: str) -> "ModelConfig":
+    d = json.loads(text)
+    if d.get("rope_scaling") is not None:
+      d["rope_scaling"] = tuple(sorted(d["rope_scaling"].items()))
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - known
+    check(not unknown, f"unknown model config keys {sorted(unknown)}")
+    return cls(**d)
+
+
+def _first(x):
+  return x[0] if isinstance(x, (list, tuple)) else x
