@@ -1,0 +1,124 @@
+"""Hugging Face safetensors directory -> jshear params (and model directory)."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import numpy as np
+from safetensors import safe_open
+
+from jshear import model_io
+from jshear.convert import hf_names
+from jshear.errors import JShearError
+from jshear.model.config import ModelConfig
+from jshear.model.params import fuse_layers
+
+_PICKLE_PATTERNS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
+# Tensors HF checkpoints sometimes carry that jshear recomputes or never uses.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+class TensorReader:
+  """Reads one tensor at a time from a (possibly sharded) safetensors checkpoint."""
+
+  def __init__(self, hf_dir: str, allow_pickle: bool = False):
+    self.hf_dir = hf_dir
+    index = os.path.join(hf_dir, "model.safetensors.index.json")
+    single = os.path.join(hf_dir, "model.safetensors")
+    if os.path.exists(index):
+      with open(index) as f:
+        weight_map = json.load(f)["weight_map"]
+      self.file_of = {k: os.path.join(hf_dir, v) for k, v in weight_map.items()}
+    elif os.path.exists(single):
+      with safe_open(single, "numpy") as f:
+        self.file_of = {k: single for k in f.keys()}
+    else:
+      pickles = [p for pat in _PICKLE_PATTERNS for p in glob.glob(os.path.join(hf_dir, pat))]
+      if pickles and not allow_pickle:
+        raise JShearError(
+            f"{hf_dir} holds only pickle checkpoints ({', '.join(map(os.path.basename, pickles))}); "
+            "pickle files can run arbitrary code when loaded. Convert them to safetensors, or "
+            "pass --allow-pickle if you trust them.")
+      if pickles:
+        self.file_of = _pickle_tensors(pickles)
+        return
+      raise JShearError(f"no model.safetensors or model.safetensors.index.json in {hf_dir}")
+    self._handles: dict[str, object] = {}
+
+  def names(self) -> set[str]:
+    return set(self.file_of)
+
+  def get(self, name: str) -> np.ndarray:
+    if name not in self.file_of:
+      raise JShearError(f"tensor {name!r} is missing from {self.hf_dir}")
+    src = self.file_of[name]
+    if isinstance(src, np.ndarray):
+      return src
+    if src not in self._handles:
+      if not os.path.exists(src):
+        raise JShearError(f"{src} (listed in the safetensors index) does not exist")
+      self._handles[src] = safe_open(src, "numpy")
+    return self._handles[src].get_tensor(name)
+
+
+def _pickle_tensors(paths):
+  try:
+    import torch  # only needed for trusted pickle checkpoints
+  except ImportError as e:
+    raise JShearError("--allow-pickle needs torch installed to read .bin checkpoints") from e
+  out = {}
+  for p in paths:
+    for k, v in torch.load(p, map_location="cpu", weights_only=True).items():
+      out[k] = v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
+  return out
+
+
+def _checked(reader: TensorReader, cfg: ModelConfig, name: str, part: str) -> np.ndarray:
+  w = reader.get(name)
+  want = hf_names.hf_shape(cfg, part)
+  if tuple(w.shape) != want:
+    raise JShearError(f"tensor {name!r} has shape {tuple(w.shape)}, expected {want} "
+                      f"from config.json")
+  return w
+
+
+def read_hf_params(hf_dir: str, cfg: ModelConfig | None = None, allow_pickle: bool = False):
+  """Returns (cfg, params as numpy). Fills each stacked [L, ...] array one layer at a time."""
+  cfg = cfg or ModelConfig.from_hf_dir(hf_dir)
+  reader = TensorReader(hf_dir, allow_pickle)
+  used = set()
+  params = {}
+  for part, name in hf_names.global_table(cfg).items():
+    params[part] = hf_names.to_jshear(cfg, part, _checked(reader, cfg, name, part))
+    used.add(name)
+  parts = {}
+  for part, suffix in hf_names.layer_table(cfg).items():
+    stacked = None
+    for i in range(cfg.num_layers):
+      name = hf_names.hf_layer_name(i, suffix)
+      w = hf_names.to_jshear(cfg, part, _checked(reader, cfg, name, part))
+      if stacked is None:
+        stacked = np.empty((cfg.num_layers,) + w.shape, w.dtype)
+      stacked[i] = w
+      used.add(name)
+    parts[part] = stacked
+  params["layers"] = parts if cfg.family == "llama" else fuse_layers(cfg, parts, xp=np)
+  extra = sorted(n for n in reader.names() - used
+                 if not n.endswith(_IGNORED_SUFFIXES) and not (cfg.tie_embeddings and
+                                                               n == "lm_head.weight"))
+  if extra:
+    raise JShearError(f"{hf_dir} has tensors jshear does not know ({len(extra)}): "
+                      f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
+  return cfg, params
+
+
+def import_hf(hf_dir: str, out_dir: str, overwrite: bool = False,
+              allow_pickle: bool = False) -> str:
+  if not os.path.isdir(hf_dir):
+    raise JShearError(f"{hf_dir} is not a directory")
+  if os.path.exists(out_dir) and not overwrite:
+    raise JShearError(f"output {out_dir} already exists (pass --overwrite to replace it)")
+  cfg, params = read_hf_params(hf_dir, allow_pickle=allow_pickle)
+  return model_io.save_model(out_dir, cfg, params, tokenizer_dir=hf_dir, overwrite=overwrite)

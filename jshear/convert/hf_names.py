@@ -1,0 +1,97 @@
+"""The one table between Hugging Face tensor names/layouts and jshear's parameters.
+
+HF stores nn.Linear weights as [out, in]; jshear stores [in, out] with heads split out, e.g.
+q_proj [H*Dh, D] <-> wq [D, H, Dh]. Both directions are pure transposes/reshapes (exact).
+The parallel family is converted through its unfused per-part view (params.unfuse_layers).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from jshear.model.config import ModelConfig
+
+# jshear per-layer part -> HF per-layer suffix (after "model.layers.{i}.").
+LLAMA_LAYER = {
+    "attn_norm": "input_layernorm.weight",
+    "wq": "self_attn.q_proj.weight",
+    "wk": "self_attn.k_proj.weight",
+    "wv": "self_attn.v_proj.weight",
+    "wo": "self_attn.o_proj.weight",
+    "mlp_norm": "post_attention_layernorm.weight",
+    "w_gate": "mlp.gate_proj.weight",
+    "w_up": "mlp.up_proj.weight",
+    "w_down": "mlp.down_proj.weight",
+}
+COHERE_LAYER = {
+    "norm": "input_layernorm.weight",
+    "wq": "self_attn.q_proj.weight",
+    "wk": "self_attn.k_proj.weight",
+    "wv": "self_attn.v_proj.weight",
+    "wo": "self_attn.o_proj.weight",
+    "q_norm": "self_attn.q_norm.weight",
+    "k_norm": "self_attn.k_norm.weight",
+    "w_gate": "mlp.gate_proj.weight",
+    "w_up": "mlp.up_proj.weight",
+    "w_down": "mlp.down_proj.weight",
+}
+GLOBAL = {"embed": "model.embed_tokens.weight", "final_norm": "model.norm.weight",
+          "lm_head": "lm_head.weight"}
+
+
+def layer_table(cfg: ModelConfig) -> dict[str, str]:
+  table = dict(LLAMA_LAYER if cfg.family == "llama" else COHERE_LAYER)
+  if not cfg.qk_norm:
+    table.pop("q_norm", None)
+    table.pop("k_norm", None)
+  return table
+
+
+def hf_layer_name(i: int, suffix: str) -> str:
+  return f"model.layers.{i}.{suffix}"
+
+
+def global_table(cfg: ModelConfig) -> dict[str, str]:
+  table = dict(GLOBAL)
+  if cfg.tie_embeddings:
+    table.pop("lm_head")
+  return table
+
+
+def hf_shape(cfg: ModelConfig, part: str) -> tuple[int, ...]:
+  """Expected HF tensor shape for one layer's part (or a global tensor)."""
+  D, H, KV, Dh = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  I, V = cfg.intermediate_size, cfg.vocab_size
+  return {
+      "attn_norm": (D,), "mlp_norm": (D,), "norm": (D,),
+      "wq": (H * Dh, D), "wk": (KV * Dh, D), "wv": (KV * Dh, D), "wo": (D, H * Dh),
+      "q_norm": (H, Dh), "k_norm": (KV, Dh),
+      "w_gate": (I, D), "w_up": (I, D), "w_down": (D, I),
+      "embed": (V, D), "final_norm": (D,), "lm_head": (V, D),
+  }[part]
+
+
+def to_jshear(cfg: ModelConfig, part: str, w: np.ndarray) -> np.ndarray:
+  """One HF tensor -> jshear layout (per layer, without the stacked axis)."""
+  D, H, KV, Dh = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  if part == "wq":
+    return w.T.reshape(D, H, Dh)
+  if part in ("wk", "wv"):
+    return w.T.reshape(D, KV, Dh)
+  if part == "wo":
+    return w.T.reshape(H, Dh, D)
+  if part in ("w_gate", "w_up", "w_down", "lm_head"):
+    return w.T
+  return w
+
+
+def to_hf(cfg: ModelConfig, part: str, w: np.ndarray) -> np.ndarray:
+  """Inverse of `to_jshear`; returns a contiguous array ready for safetensors."""
+  D = cfg.hidden_size
+  if part in ("wq", "wk", "wv"):
+    w = w.reshape(D, -1).T
+  elif part == "wo":
+    w = w.reshape(-1, D).T
+  elif part in ("w_gate", "w_up", "w_down", "lm_head"):
+    w = w.T
+  return np.ascontiguousarray(w)

@@ -1,0 +1,98 @@
+"""Building blocks shared by both block families: mask-aware norms, RoPE, SwiGLU."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from jshear.model.config import ModelConfig
+
+
+def _kept_mean(x, keep):
+  """Mean over the last axis, counting only kept dims when a hidden mask is given."""
+  if keep is None:
+    return jnp.mean(x, axis=-1, keepdims=True)
+  n = jnp.maximum(jnp.sum(keep), 1.0)
+  return jnp.sum(x * keep, axis=-1, keepdims=True) / n
+
+
+def rms_norm(x, weight, eps, hidden_mask=None):
+  """RMSNorm in fp32 (as HF does). With a hidden mask, average over kept dims only, so a
+  masked model computes exactly what the smaller sliced model would."""
+  dtype = x.dtype
+  x = x.astype(jnp.float32)
+  keep = None if hidden_mask is None else (hidden_mask != 0).astype(jnp.float32)
+  var = _kept_mean(jnp.square(x), keep)
+  y = x * jax.lax.rsqrt(var + eps)
+  y = y.astype(dtype) * weight.astype(dtype)
+  if hidden_mask is not None:
+    y = y * hidden_mask.astype(y.dtype)
+  return y
+
+
+def layer_norm(x, weight, eps, hidden_mask=None):
+  """Bias-free LayerNorm in fp32 (Cohere/CHOP). Statistics over kept dims when masked."""
+  dtype = x.dtype
+  x = x.astype(jnp.float32)
+  keep = None if hidden_mask is None else (hidden_mask != 0).astype(jnp.float32)
+  mean = _kept_mean(x, keep)
+  xc = x - mean
+  var = _kept_mean(jnp.square(xc) if keep is None else jnp.square(xc * keep), keep)
+  y = (xc * jax.lax.rsqrt(var + eps)) * weight.astype(jnp.float32)
+  if hidden_mask is not None:
+    y = y * hidden_mask
+  return y.astype(dtype)
+
+
+# ---- rotary position embeddings -----------------------------------------------------
+
+def rope_inv_freq(cfg: ModelConfig):
+  """Inverse frequencies, including HF's `linear` and `llama3` scaling."""
+  dim = cfg.head_dim
+  inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+  if cfg.rope_scaling is None:
+    return inv
+  rs = dict(cfg.rope_scaling)
+  kind = rs.get("rope_type", "default")
+  if kind == "linear":
+    return inv / rs["factor"]
+  if kind == "llama3":
+    factor, lo, hi = rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"]
+    old_len = rs["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv
+    scaled = jnp.where(wavelen > old_len / lo, inv / factor, inv)
+    smooth = (old_len / wavelen - lo) / (hi - lo)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_len / hi) & (wavelen <= old_len / lo)
+    return jnp.where(medium, smoothed, scaled)
+  return inv
+
+
+def rope_cos_sin(cfg: ModelConfig, positions):
+  """cos/sin of shape [B, T, head_dim] in fp32, laid out for the family's RoPE."""
+  freqs = positions.astype(jnp.float32)[..., None] * rope_inv_freq(cfg)
+  if cfg.family == "parallel":  # Cohere: interleaved pairs (x0, x1), (x2, x3), ...
+    emb = jnp.repeat(freqs, 2, axis=-1)
+  else:                          # LLaMA: rotate-half, first half pairs with second half
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+  return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x, cos, sin, interleaved: bool):
+  """x: [B, T, N, Dh]; rotation computed in fp32 and cast back (as HF does)."""
+  dtype = x.dtype
+  x = x.astype(jnp.float32)
+  if interleaved:
+    x1, x2 = x[..., ::2], x[..., 1::2]
+    rot = jnp.stack([-x2, x1], axis=-1).reshape(x.shape)
+  else:
+    half = x.shape[-1] // 2
+    rot = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  out = x * cos[:, :, None, :] + rot * sin[:, :, None, :]
+  return out.astype(dtype)
+
+
+def swiglu(gate, up):
+  return jax.nn.silu(gate) * up

@@ -1,0 +1,119 @@
+"""Functional forward pass of both block families: `forward(params, tokens, masks, cfg=...)`.
+
+The layer loop is a `lax.scan` over weights stacked on a leading `layers` axis, wrapped in
+`jax.checkpoint` with the configured remat policy. Masks (see `jshear.model.masks`) are a
+separate pytree; absent masks cost nothing and all-ones masks give the unmasked model.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jshear.model import layers as L
+from jshear.model.attention import attention
+from jshear.model.config import ModelConfig
+from jshear.model.masks import per_layer_masks, validate_masks
+from jshear.model.params import fused_in_sizes
+
+_REMAT = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def _scale_heads(ctx, head_scale):
+  return ctx if head_scale is None else ctx * head_scale.astype(ctx.dtype)[None, None, :, None]
+
+
+def _scale_last(x, scale):
+  return x if scale is None else x * scale.astype(x.dtype)
+
+
+def _llama_block(cfg, x, lp, lm, hidden, rope, segment_ids):
+  cos, sin = rope
+  h = L.rms_norm(x, lp["attn_norm"], cfg.norm_eps, hidden)
+  q = jnp.einsum("btd,dhk->bthk", h, lp["wq"])
+  k = jnp.einsum("btd,dhk->bthk", h, lp["wk"])
+  v = jnp.einsum("btd,dhk->bthk", h, lp["wv"])
+  q, k = L.apply_rope(q, cos, sin, False), L.apply_rope(k, cos, sin, False)
+  ctx = attention(q, k, v, causal=True, segment_ids=segment_ids, impl=cfg.attention_impl)
+  ctx = _scale_heads(ctx, lm.get("head_scale"))
+  x = x + _scale_last(jnp.einsum("bthk,hkd->btd", ctx, lp["wo"]), hidden)
+  h = L.rms_norm(x, lp["mlp_norm"], cfg.norm_eps, hidden)
+  act = L.swiglu(h @ lp["w_gate"], h @ lp["w_up"])
+  act = _scale_last(act, lm.get("inter_scale"))
+  return x + _scale_last(act @ lp["w_down"], hidden)
+
+
+def _split_points(cfg):
+  sizes = [n for _, n in fused_in_sizes(cfg)]
+  return [sum(sizes[:i + 1]) for i in range(len(sizes) - 1)]
+
+
+def _parallel_block(cfg, x, lp, lm, hidden, rope, segment_ids):
+  cos, sin = rope
+  B, T, _ = x.shape
+  H, KV, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  h = L.layer_norm(x, lp["norm"], cfg.norm_eps, hidden)
+  fused = h @ lp["w_in"]  # one matmul for q, k, v, gate and up
+  q, k, v, gate, up = jnp.split(fused, _split_points(cfg), axis=-1)
+  q, k, v = q.reshape(B, T, H, Dh), k.reshape(B, T, KV, Dh), v.reshape(B, T, KV, Dh)
+  if cfg.qk_norm:
+    q = L.layer_norm(q, lp["q_norm"], cfg.norm_eps)
+    k = L.layer_norm(k, lp["k_norm"], cfg.norm_eps)
+  q, k = L.apply_rope(q, cos, sin, True), L.apply_rope(k, cos, sin, True)
+  ctx = attention(q, k, v, causal=True, segment_ids=segment_ids, impl=cfg.attention_impl)
+  ctx = _scale_heads(ctx, lm.get("head_scale")).reshape(B, T, H * Dh)
+  act = _scale_last(L.swiglu(gate, up), lm.get("inter_scale"))
+  # One matmul for attention-out and FFN-out: [ctx | act] @ [wo ; w_down].
+  out = jnp.concatenate([ctx, act], axis=-1) @ lp["w_out"]
+  return x + _scale_last(out, hidden)
+
+
+def forward(params, tokens, masks=None, *, cfg: ModelConfig, positions=None, segment_ids=None,
+            compute_dtype=None, return_hidden=False):
+  """Logits [B, T, V] in fp32 for `tokens` [B, T].
+
+  positions [B, T] restart at each packed document; segment_ids [B, T] keep attention inside
+  one document. compute_dtype (e.g. bf16) casts weights and activations; params stay as given.
+  return_hidden=True also returns the residual stream after every layer, [L, B, T, D].
+  """
+  validate_masks(cfg, masks)
+  masks = masks or {}
+  B, T = tokens.shape
+  if positions is None:
+    positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+  if compute_dtype is not None:
+    params = jax.tree.map(lambda p: p.astype(compute_dtype), params)
+  hidden = masks.get("hidden")
+  dtype = params["embed"].dtype
+  x = jnp.take(params["embed"], tokens, axis=0)
+  x = _scale_last(x, hidden)
+  rope = L.rope_cos_sin(cfg, positions)
+  block = _llama_block if cfg.family == "llama" else _parallel_block
+
+  def body(x, xs):
+    lp, lm = xs
+    x = block(cfg, x, lp, lm, hidden, rope, segment_ids).astype(dtype)
+    return x, (x if return_hidden else None)
+
+  if cfg.remat != "none":
+    body = jax.checkpoint(body, policy=_REMAT[cfg.remat], prevent_cse=not cfg.scan_layers)
+  layer_masks = per_layer_masks(cfg, masks)
+  if cfg.scan_layers:
+    x, hiddens = jax.lax.scan(body, x, (params["layers"], layer_masks))
+  else:
+    hs = []
+    for i in range(cfg.num_layers):
+      x, h = body(x, jax.tree.map(lambda a: a[i], (params["layers"], layer_masks)))
+      hs.append(h)
+    hiddens = jnp.stack(hs) if return_hidden else None
+  norm = L.rms_norm if cfg.family == "llama" else L.layer_norm
+  x = norm(x, params["final_norm"], cfg.norm_eps, hidden)
+  head = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
+  logits = jnp.einsum("btd,dv->btv", x, head, preferred_element_type=jnp.float32)
+  if cfg.logit_scale != 1.0:
+    logits = logits * cfg.logit_scale
+  return (logits, hiddens) if return_hidden else logits
