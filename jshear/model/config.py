@@ -146,12 +146,9 @@ class ModelConfig:
     if self.family == "llama":
       return dict(common, model_type="llama", architectures=["LlamaForCausalLM"],
                   rms_norm_eps=self.norm_eps, head_dim=self.head_dim, mlp_bias=False)
-    if self.head_dim * self.num_heads != self.hidden_size:
-      # CohereConfig derives head_dim = hidden_size // num_attention_heads.
-      raise JShearError(
-          f"cannot export a parallel-family model with head_dim {self.head_dim} x heads "
-          f"{self.num_heads} != hidden_size {self.hidden_size}: Cohere derives head_dim from them")
+    # Cohere reads an explicit head_dim when present (else hidden_size // heads).
     return dict(common, model_type="cohere", architectures=["CohereForCausalLM"],
+                head_dim=self.head_dim,
                 layer_norm_eps=self.norm_eps, use_qk_norm=self.qk_norm,
                 logit_scale=self.logit_scale)
 

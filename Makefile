@@ -1,0 +1,31 @@
+# `make demo` and `make test` work on a fresh machine: both run `make setup` first, which
+# creates .venv, installs the pins and fetches/caches assets (a second run does nothing).
+PY := .venv/bin/python
+STAMP := .venv/.installed-$(shell sha1sum requirements.txt | cut -c1-12)
+export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
+export TOKENIZERS_PARALLELISM := false
+export HF_HUB_OFFLINE := 1
+
+.PHONY: setup assets test demo bench clean-venv
+
+setup: $(STAMP) assets
+
+$(STAMP): requirements.txt
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	rm -f .venv/.installed-* && touch $(STAMP)
+
+assets: $(STAMP)
+	$(PY) -m jshear.assets fetch
+
+test: setup
+	$(PY) -m pytest tests
+
+demo: setup
+	$(PY) -m jshear.train --config=configs/demo.py --workdir=runs/demo
+
+bench: setup
+	for b in bench/*.py; do $(PY) $$b --small || exit 1; done
+
+clean-venv:
+	rm -rf .venv

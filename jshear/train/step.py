@@ -1,0 +1,129 @@
+"""The one train-step builder for every stage.
+
+State is a plain dict pytree:
+  step, params, opt_state, rng (raw key data), skipped, bad_streak, and `prune` (a
+  PruneState) only in the pruning stage.
+Loss = LM loss (+ the Lagrangian when `prune` is present) (+ any extra loss terms a stage
+plugs in, e.g. distillation). Gradients are accumulated over micro-batches with `lax.scan`;
+a non-finite loss or gradient leaves the state unchanged and is counted.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jshear.model.config import ModelConfig
+from jshear.model.transformer import forward
+from jshear.prune import hard_concrete
+from jshear.prune.lagrangian import lagrangian
+from jshear.prune.state import sample_masks
+from jshear.train.loss import nll_sum, per_row_nll, token_targets
+
+# An extra loss term: (params, micro_batch, logits, step) -> (scalar loss, metrics dict).
+LossTerm = Callable
+
+
+def _trainable(state):
+  return {k: state[k] for k in ("params", "prune") if k in state}
+
+
+def init_state(params, optimizer, seed: int, prune=None) -> dict:
+  state = {"step": jnp.zeros((), jnp.int32), "params": params,
+           "rng": jax.random.key_data(jax.random.key(seed)),
+           "skipped": jnp.zeros((), jnp.int32), "bad_streak": jnp.zeros((), jnp.int32)}
+  if prune is not None:
+    state["prune"] = prune
+  state["opt_state"] = optimizer.init(_trainable(state))
+  return state
+
+
+def split_micro(batch: dict, n: int, micro_sharding=None) -> dict:
+  """[B, ...] -> [n, B/n, ...] taking every n-th row, so each micro-batch keeps the batch
+  sharding (rows stay on the device that holds them)."""
+  def one(x):
+    B = x.shape[0]
+    x = x.reshape((B // n, n) + x.shape[1:]).swapaxes(0, 1)
+    if micro_sharding is not None:
+      x = jax.lax.with_sharding_constraint(x, micro_sharding(x.ndim))
+    return x
+  return {k: one(v) for k, v in batch.items()}
+
+
+def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, *,
+                    grad_accum: int = 1, compute_dtype=None, prune_warmup_steps: int = 0,
+                    extra_losses: Sequence[LossTerm] = (), micro_sharding=None):
+  """Returns step(state, batch) -> (state, metrics). Batch: tokens, segment_ids, positions
+  [B, T] (domain etc. are ignored)."""
+
+  def micro_loss(trainable, mb, step, mask_rng, total_tokens):
+    masks = sample_masks(trainable["prune"], mask_rng, step) if "prune" in trainable else None
+    logits = forward(trainable["params"], mb["tokens"], masks, cfg=cfg,
+                     positions=mb.get("positions"), segment_ids=mb.get("segment_ids"),
+                     compute_dtype=compute_dtype)
+    nll, _ = nll_sum(logits, mb)
+    loss, metrics = nll / total_tokens, {}
+    for term in extra_losses:
+      extra, m = term(trainable["params"], mb, logits, step)
+      loss, metrics = loss + extra / grad_accum, {**metrics, **m}
+    return loss, (nll, metrics)
+
+  def step_fn(state, batch):
+    step, trainable = state["step"], _trainable(state)
+    mask_rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), 1)
+    batch = {k: batch[k] for k in ("tokens", "segment_ids", "positions") if k in batch}
+    _, weights = token_targets(batch)
+    total_tokens = jnp.maximum(jnp.sum(weights), 1.0)
+    micro = split_micro(batch, grad_accum, micro_sharding)
+    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+    def accumulate(carry, mb):
+      g_acc, nll_acc = carry
+      (_, (nll, m)), g = grad_fn(trainable, mb, step, mask_rng, total_tokens)
+      return (jax.tree.map(jnp.add, g_acc, g), nll_acc + nll), m
+
+    zeros = jax.tree.map(jnp.zeros_like, trainable)
+    (grads, nll), extra_m = jax.lax.scan(accumulate, (zeros, jnp.float32(0.0)), micro)
+    metrics = {"lm_loss": nll / total_tokens, "tokens": total_tokens}
+    metrics.update(jax.tree.map(jnp.mean, extra_m))
+    loss = metrics["lm_loss"]
+    if "prune" in trainable:
+      (penalty, diag), g_pen = jax.value_and_grad(
+          lambda p: lagrangian(p, step, prune_warmup_steps), has_aux=True)(trainable["prune"])
+      grads["prune"] = jax.tree.map(jnp.add, grads["prune"], g_pen)
+      loss = loss + penalty
+      metrics.update(diag)
+      metrics["lagrangian"] = penalty
+
+    updates, new_opt = optimizer.update(grads, state["opt_state"], trainable)
+    new_tr = optax.apply_updates(trainable, updates)
+    if "prune" in new_tr:
+      # Reference choice: keep log_alpha in [ln 0.01, ln 100] after every update.
+      new_tr["prune"] = new_tr["prune"].replace(
+          log_alpha=hard_concrete.clamp_log_alpha(new_tr["prune"].log_alpha))
+    grad_norm = optax.global_norm(grads)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+    new_state = dict(state)
+    new_state.update(keep(new_tr, trainable))
+    new_state["opt_state"] = keep(new_opt, state["opt_state"])
+    new_state["step"] = step + 1
+    new_state["skipped"] = state["skipped"] + (~ok).astype(jnp.int32)
+    new_state["bad_streak"] = jnp.where(ok, 0, state["bad_streak"] + 1)
+    metrics.update(loss=loss, grad_norm=grad_norm, skipped=new_state["skipped"],
+                   bad_streak=new_state["bad_streak"])
+    return new_state, metrics
+
+  return step_fn
+
+
+def make_eval_step(cfg: ModelConfig, compute_dtype=None):
+  """eval(params, masks, batch) -> per-row (nll sum, token count), for per-domain losses."""
+  def eval_fn(params, masks, batch):
+    logits = forward(params, batch["tokens"], masks, cfg=cfg, positions=batch.get("positions"),
+                     segment_ids=batch.get("segment_ids"), compute_dtype=compute_dtype)
+    return per_row_nll(logits, batch)
+  return eval_fn
