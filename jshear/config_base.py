@@ -1,0 +1,110 @@
+"""Defaults every run config starts from; config files override what differs.
+
+A run lists `stages` (any of prune, finalize, continue, export, pretrain) that run in order
+and resume wherever they stopped. Each training stage has its own block (prune, continued,
+pretrain) with the same fields, so stages differ by config, not by code.
+"""
+
+from __future__ import annotations
+
+import ml_collections as mlc
+
+STAGES = ("pretrain", "prune", "finalize", "continue", "export")
+
+
+def train_block(**overrides) -> mlc.ConfigDict:
+  c = mlc.ConfigDict()
+  c.steps = 100
+  c.batch_size = 8              # global sequences per step
+  c.grad_accum = 1              # micro-batches per step
+  c.lr = 1e-4
+  c.schedule = "cosine"         # cosine | linear | constant | wsd
+  c.warmup_steps = 10
+  c.final_lr_fraction = 0.1
+  c.decay_fraction = 0.2        # wsd only: share of steps spent decaying
+  c.weight_decay = 0.0
+  c.b1 = 0.9
+  c.b2 = 0.95
+  c.eps = 1e-8
+  c.clip_norm = 1.0
+  c.log_every = 10
+  c.eval_every = 50             # per-domain held-out loss (and dynamic reweighting)
+  c.eval_batches = 2            # eval batches of `batch_size` rows per domain
+  c.ckpt_every = 100
+  c.keep_last = 2
+  c.keep_every = 0              # also keep every K-th step forever (0: off)
+  c.max_bad_steps = 5           # abort after this many non-finite steps in a row
+  # Dynamic batch loading: rule in {constant, sheared, sheared_code, doremi}.
+  c.reweight_rule = "constant"
+  c.reweight_every = 0          # 0: reweight at every eval
+  c.reweight_eta = 1.0
+  c.reweight_smoothing = 1e-4
+  c.ref_losses = mlc.ConfigDict()     # {domain: loss}; empty with rule != constant -> source
+  c.domain_weights = mlc.ConfigDict()  # {domain: w}; empty -> uniform over prepared domains
+  c.upsample_last_fraction = 0.0      # domain upsampling in the last X of steps
+  c.upsample_factors = mlc.ConfigDict()
+  # Pruning-stage only (ignored elsewhere).
+  c.mask_lr = 1.0
+  c.lambda_lr = -1.0            # negative: gradient ascent on the Lagrange multipliers
+  c.schedule_masks = True       # reference code scales mask/lambda lr by the schedule
+  c.clip_masks = True           # reference code clips masks and lambdas with the weights
+  c.update(overrides)
+  return c
+
+
+def base_config() -> mlc.ConfigDict:
+  c = mlc.ConfigDict()
+  c.seed = 0
+  c.stages = "prune,finalize,continue,export"
+  c.init_from = ""              # jshear model dir to start the first stage from
+  c.overwrite = False           # allow a workdir that holds a different run's config
+  c.final_eval = True           # per-domain loss of the source and final models at the end
+
+  c.model = mlc.ConfigDict()
+  c.model.source = ""           # HF dir, jshear model dir, or an asset name ("smollm2")
+  c.model.compute_dtype = "float32"  # bfloat16 for mixed precision (fp32 master weights)
+  c.model.param_dtype = "float32"
+  c.model.attention_impl = "xla"
+  c.model.remat = "none"
+  # Shape for `pretrain` from scratch (ignored when loading a source model).
+  c.model.family = "llama"
+  c.model.vocab_size = 32000
+  c.model.hidden_size = 512
+  c.model.intermediate_size = 1376
+  c.model.num_layers = 8
+  c.model.num_heads = 8
+  c.model.num_kv_heads = 8
+  c.model.head_dim = 64
+  c.model.qk_norm = False
+  c.model.tie_embeddings = False
+  c.model.rope_theta = 10000.0
+  c.model.tokenizer = ""        # tokenizer dir for pretrain from scratch
+
+  c.mesh = mlc.ConfigDict()
+  c.mesh.ici = mlc.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
+  c.mesh.dcn = mlc.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1})
+
+  c.data = mlc.ConfigDict()
+  c.data.path = ""              # a prepared dataset (python -m jshear.data.prepare)
+  c.data.corpus = ""            # "local": build + prepare the registry corpus when path is empty
+  c.data.seq_len = 512
+  c.data.max_domain_mb = 0.0    # local corpus: cap per domain for quick runs (0: all)
+
+  c.distributed = mlc.ConfigDict()
+  c.distributed.coordinator = ""
+  c.distributed.num_processes = 0
+  c.distributed.process_id = -1
+
+  c.prune = train_block(steps=3200, batch_size=32, lr=1e-4, warmup_steps=320,
+                        reweight_every=50)
+  c.prune.method = "learned"
+  c.prune.groups = "layer,head,intermediate,hidden"
+  c.prune.constraint = "per_layer"   # per_layer (reference code) | count (paper)
+  c.prune.target_warmup_steps = 640
+  c.prune.target = mlc.ConfigDict({"num_layers": 0, "num_heads": 0, "num_kv_heads": 0,
+                                   "hidden_size": 0, "intermediate_size": 0})
+  c.continued = train_block(steps=48000, batch_size=256, lr=1e-4, warmup_steps=1440,
+                            reweight_every=400)
+  c.pretrain = train_block()
+  c.export = mlc.ConfigDict({"dtype": ""})  # "" keeps the params' dtype
+  return c

@@ -1,0 +1,276 @@
+"""Run one training stage (pretrain, prune or continue): the same loop for all of them.
+
+Resumable: the loop restores the latest checkpoint of its stage (train state + loader state
++ reference losses + base domain weights) and continues with the identical next batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from jshear import sharding as shd
+from jshear.checkpoint import Checkpointer, abstract_like
+from jshear.data import reweight, upsample
+from jshear.data.mixture import MixtureLoader, domain_sources
+from jshear.errors import JShearError
+from jshear.metrics import MetricsWriter, attention_flops_per_token, model_flops_per_token
+from jshear.model.config import ModelConfig
+from jshear.model.params import abstract_params
+from jshear.optim import build_optimizer, schedule_fn
+from jshear.prune.state import eval_masks, init_prune_state
+from jshear.train.loss import per_row_nll
+from jshear.model.transformer import forward
+from jshear.train.state_sharding import put_global, state_shardings
+from jshear.train.step import init_state, make_train_step
+
+_log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Context:
+  """What every stage of one run shares."""
+  cfg: object                    # the run's ConfigDict
+  workdir: str
+  mesh: object
+  writer: MetricsWriter
+  data_dir: str
+
+
+@dataclasses.dataclass
+class PruneSpec:
+  target: object                 # TargetShape
+  groups: tuple
+  constraint: str
+  warmup_steps: int
+
+
+def _dtype(name):
+  return None if name in ("", "float32", None) else jnp.dtype(name)
+
+
+class DomainEval:
+  """Fixed per-domain held-out batches and a jitted per-domain (nll, tokens) reduction."""
+
+  def __init__(self, ctx: Context, model_cfg: ModelConfig, domains, batch_size: int,
+               n_batches: int, compute_dtype=None):
+    self.domains = list(domains)
+    mesh, P = ctx.mesh, jax.process_count()
+    sources = domain_sources(ctx.data_dir, "eval")
+    rows, doms = [], []
+    for i, d in enumerate(self.domains):
+      src = sources.get(d, [])
+      for j in range(min(len(src), batch_size * n_batches)):
+        rows.append(np.asarray(src[j]))
+        doms.append(i)
+    self.counts = {d: int(sum(1 for x in doms if x == i)) for i, d in enumerate(self.domains)}
+    self.batches = []
+    if rows:
+      T = rows[0].shape[-1]
+      n = math.ceil(len(rows) / batch_size) * batch_size
+      tok = np.zeros((n, T), np.int32)
+      seg = np.zeros((n, T), np.int32)
+      dom = np.zeros((n,), np.int32)
+      for k, (r, d) in enumerate(zip(rows, doms)):
+        tok[k], seg[k], dom[k] = r[0], r[1], d
+      from jshear.data.shards import positions_from_segments
+      pos = positions_from_segments(seg)
+      per_host = batch_size // P
+      p = jax.process_index()
+      for s in range(0, n, batch_size):
+        mine = slice(s + p * per_host, s + (p + 1) * per_host)
+        self.batches.append(shd.host_local_batch_to_global(
+            {"tokens": tok[mine], "segment_ids": seg[mine], "positions": pos[mine],
+             "domain": dom[mine]}, mesh))
+    K = len(self.domains)
+
+    def eval_fn(params, masks, batch):
+      logits = forward(params, batch["tokens"], masks, cfg=model_cfg,
+                       positions=batch["positions"], segment_ids=batch["segment_ids"],
+                       compute_dtype=compute_dtype)
+      nll, cnt = per_row_nll(logits, batch)
+      return (jax.ops.segment_sum(nll, batch["domain"], K),
+              jax.ops.segment_sum(cnt, batch["domain"], K))
+
+    self._fn = jax.jit(eval_fn, out_shardings=shd.replicated(mesh))
+
+  def __call__(self, params, masks=None) -> dict[str, float]:
+    tot = np.zeros(len(self.domains))
+    cnt = np.zeros(len(self.domains))
+    for b in self.batches:
+      s, c = self._fn(params, masks, b)
+      tot += np.asarray(s)
+      cnt += np.asarray(c)
+    return {d: (float(tot[i] / cnt[i]) if cnt[i] > 0 else float("nan"))
+            for i, d in enumerate(self.domains)}
+
+
+def _initial_weights(block, domains) -> dict:
+  w = dict(block.domain_weights)
+  if not w:
+    return {d: 1.0 / len(domains) for d in domains}
+  missing = sorted(set(domains) - set(w))
+  unknown = sorted(set(w) - set(domains))
+  if unknown:
+    raise JShearError(f"domain_weights names domains {unknown} that the prepared data does not "
+                      f"have (it has {list(domains)})")
+  for d in missing:  # domains the config does not mention get no data
+    w[d] = 0.0
+  return {d: float(w[d]) for d in domains}
+
+
+def state_plan(ctx: Context, name: str, block, model_cfg: ModelConfig, prune: PruneSpec | None):
+  """(optimizer, initial prune state, make_state, abstract state, state shardings)."""
+  cfg = ctx.cfg
+  optimizer = build_optimizer(block, block.steps, prune is not None)
+  prune_state = None
+  if prune is not None:
+    prune_state = init_prune_state(model_cfg, prune.target, prune.groups,
+                                   jax.random.key(cfg.seed + 17), prune.constraint)
+  seed = cfg.seed * 1000 + {"pretrain": 1, "prune": 2, "continue": 3}.get(name, 4)
+  make_state = lambda params, ps: init_state(params, optimizer, seed, ps)
+  abstract = jax.eval_shape(
+      make_state, abstract_params(model_cfg, jnp.dtype(cfg.model.param_dtype)), prune_state)
+  return optimizer, prune_state, make_state, abstract, state_shardings(model_cfg, abstract,
+                                                                       ctx.mesh)
+
+
+def checkpointer(ctx: Context, name: str, block) -> Checkpointer:
+  return Checkpointer(os.path.join(ctx.workdir, name, "checkpoints"), block.keep_last,
+                      block.keep_every or None)
+
+
+def restore_final_state(ctx: Context, name: str, block, model_cfg: ModelConfig,
+                        prune: PruneSpec | None):
+  """The last saved train state of a finished stage."""
+  _, _, _, abstract, shardings = state_plan(ctx, name, block, model_cfg, prune)
+  ckpt = checkpointer(ctx, name, block)
+  try:
+    state, _ = ckpt.restore(abstract_like(abstract, shardings))
+  finally:
+    ckpt.close()
+  return state
+
+
+def train_stage(ctx: Context, name: str, block, model_cfg: ModelConfig, params_host,
+                prune: PruneSpec | None = None):
+  """Trains `params_host` (numpy, or None when a checkpoint exists) for `block.steps`.
+  Returns (model_cfg, final train state, prune state or None)."""
+  cfg, mesh = ctx.cfg, ctx.mesh
+  shd.validate_layout(mesh, block.batch_size, block.grad_accum, model_cfg.num_heads)
+  if block.batch_size % jax.process_count():
+    raise JShearError(f"{name}.batch_size ({block.batch_size}) must divide by the number of "
+                      f"processes ({jax.process_count()})")
+  compute_dtype = _dtype(cfg.model.compute_dtype)
+  optimizer, prune_state, make_state, abstract, shardings = state_plan(ctx, name, block,
+                                                                       model_cfg, prune)
+  ckpt = checkpointer(ctx, name, block)
+
+  sources = domain_sources(ctx.data_dir, "train")
+  domains = list(sources)
+  loader = MixtureLoader(sources, _initial_weights(block, domains), block.batch_size,
+                         seed=cfg.seed, process_index=jax.process_index(),
+                         process_count=jax.process_count())
+  evaluator = DomainEval(ctx, model_cfg, domains, block.batch_size, block.eval_batches,
+                         compute_dtype)
+  extra = {}
+  if ckpt.latest_step() is not None:
+    state, extra = ckpt.restore(abstract_like(abstract, shardings))
+    loader.set_state(extra["loader"])
+    _log.info("%s: resumed at step %d", name, int(state["step"]))
+  else:
+    if params_host is None:
+      raise JShearError(f"stage {name}: no checkpoint to resume and no initial params")
+    params = put_global(jax.tree.map(lambda x: np.asarray(x, cfg.model.param_dtype), params_host),
+                        shardings["params"])
+    state = jax.jit(make_state, out_shardings=shardings)(params, prune_state)
+  params_host = None
+
+  step_fn = jax.jit(
+      make_train_step(model_cfg, optimizer, grad_accum=block.grad_accum,
+                      compute_dtype=compute_dtype,
+                      prune_warmup_steps=prune.warmup_steps if prune else 0,
+                      micro_sharding=lambda nd: jax.sharding.NamedSharding(
+                          mesh, jax.sharding.PartitionSpec(None, ("data", "fsdp"),
+                                                           *([None] * (nd - 2))))),
+      in_shardings=(shardings, shd.batch_sharding(mesh)),
+      out_shardings=(shardings, shd.replicated(mesh)), donate_argnums=0)
+
+  masks_for_eval = (lambda st: eval_masks(st["prune"])) if prune else (lambda st: None)
+  rule = block.reweight_rule
+  ref = dict(extra.get("ref_losses") or block.ref_losses or {})
+  if rule != "constant" and not ref:
+    # The source model's own per-domain loss as reference (the authors: works about as well).
+    ref = evaluator(state["params"], None)
+    _log.info("%s: reference losses from the source model: %s", name, ref)
+  base_weights = dict(extra.get("base_weights") or loader.weights)
+  lr = schedule_fn(block, block.steps)
+  fpt = model_flops_per_token(model_cfg) + attention_flops_per_token(model_cfg, cfg.data.seq_len)
+
+  start = int(state["step"])
+  bar = tqdm(total=block.steps, initial=start, desc=name, disable=jax.process_index() != 0,
+             dynamic_ncols=True, mininterval=2.0)
+  t_last, tok_last, prev = time.time(), 0.0, None
+  compile_s = None
+  for step in range(start, block.steps):
+    want = upsample.upsampled_weights(base_weights, step, block.steps,
+                                      block.upsample_last_fraction, dict(block.upsample_factors))
+    if any(abs(want[d] - loader.weights[d]) > 1e-12 for d in domains):
+      loader.set_weights(want)
+    batch = loader.next_batch()
+    domain_rows = np.bincount(batch.pop("domain"), minlength=len(domains))
+    t0 = time.time()
+    state, metrics = step_fn(state, shd.host_local_batch_to_global(batch, mesh))
+    if compile_s is None:
+      jax.block_until_ready(metrics["loss"])
+      compile_s = time.time() - t0
+      t_last, tok_last = time.time(), -float(block.batch_size * cfg.data.seq_len)
+    if prev is not None and int(prev["bad_streak"]) >= block.max_bad_steps:
+      raise JShearError(f"{name}: {int(prev['bad_streak'])} non-finite steps in a row at step "
+                        f"{step} (max_bad_steps={block.max_bad_steps}); lower the lr or check data")
+    prev = metrics
+    tok_last += float(block.batch_size * cfg.data.seq_len)
+    done = step + 1
+    bar.update(1)
+    if done % block.log_every == 0 or done == block.steps:
+      m = jax.device_get(metrics)
+      dt = max(time.time() - t_last, 1e-9)
+      tps = tok_last / dt
+      rec = {k: v for k, v in m.items()}
+      rec.update({"lr": float(lr(step)), "tokens_per_s": tps,
+                  "model_tflops_per_s": tps * fpt / 1e12, "compile_s": compile_s})
+      rec.update({f"data/weight/{d}": w for d, w in loader.weights.items()})
+      rec.update({f"data/rows/{d}": int(n) for d, n in zip(domains, domain_rows)})
+      ctx.writer.write(name, done, rec)
+      bar.set_postfix(loss=f"{float(m['lm_loss']):.3f}", tok_s=f"{tps:.0f}",
+                      tflops=f"{tps * fpt / 1e12:.3g}")
+      t_last, tok_last = time.time(), 0.0
+    if block.eval_every and (done % block.eval_every == 0 or done == block.steps):
+      losses = evaluator(state["params"], masks_for_eval(state))
+      rec = {f"eval/{d}/loss": l for d, l in losses.items()}
+      if rule != "constant" and (not block.reweight_every or done % block.reweight_every == 0):
+        base_weights = reweight.update_weights(rule, base_weights, losses, ref, evaluator.counts,
+                                               block.reweight_eta, block.reweight_smoothing)
+        want = upsample.upsampled_weights(base_weights, done, block.steps,
+                                          block.upsample_last_fraction,
+                                          dict(block.upsample_factors))
+        loader.set_weights(want)
+        rec.update({f"data/weight/{d}": w for d, w in loader.weights.items()})
+      ctx.writer.write(name, done, rec)
+      t_last = time.time()
+    if done % block.ckpt_every == 0 or done == block.steps:
+      ckpt.save(done, state, {"loader": loader.get_state(), "ref_losses": ref,
+                              "base_weights": base_weights, "stage": name},
+                force=done == block.steps)
+      t_last = time.time()
+  bar.close()
+  ckpt.close()
+  return state, evaluator

@@ -1,0 +1,296 @@
+"""The stages of a run, in order, each resumable; a finished stage leaves WORKDIR/<stage>/DONE.
+
+  pretrain  random init -> WORKDIR/pretrained/
+  prune     learned masks on the source -> WORKDIR/prune/checkpoints, WORKDIR/masks/
+  finalize  deterministic masks folded and sliced -> WORKDIR/pruned/ (jshear model dir)
+  continue  continued pretraining with dynamic batch loading -> WORKDIR/continued/
+  export    the latest model -> WORKDIR/hf/ (a plain Hugging Face directory)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from jshear import distributed, model_io
+from jshear import sharding as shd
+from jshear.config_base import STAGES
+from jshear.errors import JShearError
+from jshear.metrics import MetricsWriter
+from jshear.model.config import ModelConfig
+from jshear.model.params import count_params, init_params
+from jshear.prune.deterministic import deterministic_masks
+from jshear.prune.finalize import finalize
+from jshear.prune.targets import TargetShape, validate_target
+from jshear.train.loop import Context, PruneSpec, restore_final_state, train_stage
+
+_log = logging.getLogger(__name__)
+# Keys that may differ between invocations on one workdir (everything else must match).
+_RESUMABLE_KEYS = ("stages", "overwrite", "init_from")
+
+
+def parse_stages(text) -> list[str]:
+  stages = [s.strip() for s in (text.split(",") if isinstance(text, str) else text) if s.strip()]
+  bad = [s for s in stages if s not in STAGES]
+  if bad or not stages:
+    raise JShearError(f"config.stages: unknown stage(s) {bad} (known: {list(STAGES)})")
+  return stages
+
+
+# ---- models in and out ---------------------------------------------------------------
+
+def resolve_source(spec: str) -> str:
+  if spec == "smollm2":
+    from jshear import assets
+    return assets.smollm2_hf_dir()
+  if not spec:
+    raise JShearError("config.model.source is empty: give an HF dir, a jshear model dir or "
+                      "'smollm2' (or set config.init_from)")
+  if not os.path.isdir(spec):
+    raise JShearError(f"config.model.source {spec!r} is not a directory")
+  return spec
+
+
+def load_any(path: str, cfg):
+  """(model_cfg, numpy params, tokenizer dir) from a jshear model dir or an HF dir."""
+  overrides = dict(attention_impl=cfg.model.attention_impl, remat=cfg.model.remat)
+  if os.path.exists(os.path.join(path, "model_config.json")):
+    mcfg, params = model_io.load_model(path)
+    params = jax.device_get(params)
+    tok = model_io.tokenizer_dir(path)
+  else:
+    from jshear.convert.hf_import import read_hf_params
+    mcfg, params = read_hf_params(path)
+    tok = path
+  return mcfg.replace(**overrides), params, tok
+
+
+def gather_params(params):
+  """Global (possibly multi-host sharded) arrays -> host numpy on every process."""
+  if jax.process_count() == 1:
+    return jax.device_get(params)
+  return multihost_utils.process_allgather(params, tiled=True)
+
+
+def save_dir(path: str, mcfg: ModelConfig, params, tokenizer_dir) -> None:
+  host = gather_params(params)
+  if jax.process_index() == 0:
+    model_io.save_model(path, mcfg.replace(attention_impl="xla", remat="none"), host,
+                        tokenizer_dir=tokenizer_dir, overwrite=True)
+  distributed.barrier(f"save-{os.path.basename(path)}")
+
+
+# ---- data ---------------------------------------------------------------------------
+
+def resolve_data(cfg, tokenizer_dir: str | None) -> str:
+  from jshear.data.prepare import load_manifest, load_tokenizer, prepare
+  if cfg.data.path:
+    path = cfg.data.path
+  elif cfg.data.corpus == "local":
+    from jshear.data import corpus
+    from jshear import assets
+    root = assets.corpus_dir()
+    if not tokenizer_dir:
+      raise JShearError("config.data.corpus='local' needs a model with a tokenizer")
+    with open(os.path.join(tokenizer_dir, "tokenizer.json"), "rb") as f:
+      tok_hash = hashlib.sha1(f.read()).hexdigest()[:10]
+    path = os.path.join(assets.cache_root(), "prepared",
+                        f"local-v1-{tok_hash}-T{cfg.data.seq_len}")
+    if not os.path.exists(os.path.join(path, "manifest.json")):
+      if jax.process_index() == 0:
+        domains = {d: os.path.join(root, d) for d in sorted(os.listdir(root))
+                   if os.path.isdir(os.path.join(root, d))}
+        prepare(tokenizer_dir, domains, path, seq_len=cfg.data.seq_len, eval_docs=8,
+                eval_fraction=0.0, workers=2, seed=0)
+      distributed.barrier("prepare-local")
+  else:
+    raise JShearError("no data: set config.data.path to a prepared dataset "
+                      "(python -m jshear.data.prepare) or config.data.corpus='local'")
+  tok = load_tokenizer(tokenizer_dir) if tokenizer_dir else None
+  manifest = load_manifest(path, tok)  # refuses a tokenizer mismatch
+  if manifest["seq_len"] != cfg.data.seq_len:
+    raise JShearError(f"config.data.seq_len={cfg.data.seq_len} but {path} was prepared with "
+                      f"seq_len={manifest['seq_len']}")
+  return path
+
+
+# ---- the run ------------------------------------------------------------------------
+
+def check_workdir_config(cfg, workdir: str) -> None:
+  path = os.path.join(workdir, "config.json")
+  mine = json.loads(cfg.to_json_best_effort())
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    diff = sorted(k for k in set(old) | set(mine)
+                  if k not in _RESUMABLE_KEYS and old.get(k) != mine.get(k))
+    if diff and not cfg.overwrite:
+      raise JShearError(f"{workdir} holds a different run (config differs in {diff}); use "
+                        "another --workdir or pass --config.overwrite=True")
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+      json.dump(mine, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
+def prune_spec(cfg, src: ModelConfig) -> PruneSpec:
+  t = cfg.prune.target
+  target = TargetShape(t.num_layers, t.num_heads, t.num_kv_heads or src.num_kv_heads,
+                       t.hidden_size, t.intermediate_size)
+  groups = tuple(g.strip() for g in cfg.prune.groups.split(",") if g.strip())
+  if cfg.prune.method != "learned":
+    raise JShearError(f"config.prune.method={cfg.prune.method!r}: only 'learned' is built so far")
+  validate_target(src, target, groups)
+  return PruneSpec(target, groups, cfg.prune.constraint, cfg.prune.target_warmup_steps)
+
+
+def _done(workdir, stage):
+  return os.path.exists(os.path.join(workdir, stage, "DONE"))
+
+
+def _mark_done(workdir, stage, info: dict):
+  if jax.process_index() == 0:
+    os.makedirs(os.path.join(workdir, stage), exist_ok=True)
+    with open(os.path.join(workdir, stage, "DONE"), "w") as f:
+      json.dump(info, f, indent=2)
+
+
+def save_mask_artefacts(workdir: str, prune_state, src: ModelConfig, spec: PruneSpec) -> dict:
+  """Learned log_alpha, soft deterministic masks and 0/1 masks, for users to inspect."""
+  soft = deterministic_masks(prune_state, src, spec.target)
+  binary = deterministic_masks(prune_state, src, spec.target, binary=True)
+  if jax.process_index() == 0:
+    d = os.path.join(workdir, "masks")
+    os.makedirs(d, exist_ok=True)
+    np.savez(os.path.join(d, "log_alpha.npz"),
+             **{g: np.asarray(v) for g, v in prune_state.log_alpha.items()})
+    np.savez(os.path.join(d, "masks.npz"), **{g: np.asarray(v) for g, v in soft.items()})
+    np.savez(os.path.join(d, "binary_masks.npz"), **{g: np.asarray(v) for g, v in binary.items()})
+    kept = {g: np.asarray(v).sum(axis=-1).tolist() for g, v in binary.items()}
+    with open(os.path.join(d, "masks.json"), "w") as f:
+      json.dump({"target": spec.target.__dict__, "groups": list(spec.groups), "kept": kept},
+                f, indent=2)
+  return soft
+
+
+def run(cfg, workdir: str) -> dict:
+  distributed.initialize(cfg.distributed.coordinator, cfg.distributed.num_processes,
+                         cfg.distributed.process_id)
+  _log.info("topology: %s", distributed.topology())
+  stages = parse_stages(cfg.stages)
+  workdir = os.path.abspath(workdir)
+  mesh = shd.make_mesh(dict(cfg.mesh.ici), dict(cfg.mesh.dcn))
+  _log.info("mesh: %s", shd.describe(mesh))
+  check_workdir_config(cfg, workdir)
+  writer = MetricsWriter(workdir)
+  summary = {"workdir": workdir, "stages": stages}
+  try:
+    with jax.set_mesh(mesh):
+      summary.update(_run_stages(cfg, workdir, stages, mesh, writer))
+  finally:
+    writer.close()
+  return summary
+
+
+def _run_stages(cfg, workdir, stages, mesh, writer) -> dict:
+  out = {}
+  # The model each stage starts from.
+  if "pretrain" in stages:
+    mcfg = ModelConfig(**{k: cfg.model[k] for k in (
+        "vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+        "num_kv_heads", "head_dim", "family", "qk_norm", "tie_embeddings", "rope_theta",
+        "attention_impl", "remat")})
+    tok = cfg.model.tokenizer or None
+    params = None
+  else:
+    src_path = cfg.init_from or resolve_source(cfg.model.source)
+    mcfg, params, tok = load_any(src_path, cfg)
+  spec = prune_spec(cfg, mcfg) if "prune" in stages or "finalize" in stages else None
+  data_dir = None
+  if any(s in stages for s in ("pretrain", "prune", "continue")):
+    data_dir = resolve_data(cfg, tok)
+  ctx = Context(cfg=cfg, workdir=workdir, mesh=mesh, writer=writer, data_dir=data_dir)
+  out["source_params"] = count_params(params) if params is not None else None
+  source = (mcfg, params)
+
+  for stage in stages:
+    if _done(workdir, stage):
+      _log.info("stage %s already done; skipping", stage)
+      if stage == "finalize" or stage == "continue" or stage == "pretrain":
+        name = {"finalize": "pruned", "continue": "continued", "pretrain": "pretrained"}[stage]
+        mcfg, params, tok = load_any(os.path.join(workdir, name), cfg)
+      continue
+    if stage == "pretrain":
+      params = jax.device_get(init_params(mcfg, jax.random.key(cfg.seed)))
+      state, _ = train_stage(ctx, "pretrain", cfg.pretrain, mcfg, params)
+      save_dir(os.path.join(workdir, "pretrained"), mcfg, state["params"], tok)
+      params = gather_params(state["params"])
+    elif stage == "prune":
+      state, _ = train_stage(ctx, "prune", cfg.prune, mcfg, params, spec)
+      save_mask_artefacts(workdir, jax.device_get(state["prune"]), mcfg, spec)
+    elif stage == "finalize":
+      if "prune" not in stages and not os.path.isdir(os.path.join(workdir, "prune")):
+        raise JShearError("stage finalize needs a finished prune stage in this workdir")
+      state = restore_final_state(ctx, "prune", cfg.prune, mcfg, spec)
+      prune_state = jax.device_get(state["prune"])
+      masks = save_mask_artefacts(workdir, prune_state, mcfg, spec)
+      if mcfg.tie_embeddings:
+        # Keep a tied source tied: hidden channels survive at weight 1 (see finalize.py).
+        masks = dict(masks, hidden=np.asarray(masks["hidden"] != 0, np.float32)) \
+            if "hidden" in masks else masks
+      host = gather_params(state["params"])
+      mcfg, params = finalize(mcfg, host, masks)
+      params = jax.device_get(params)
+      save_dir(os.path.join(workdir, "pruned"), mcfg, params, tok)
+      out["pruned_params"] = count_params(params)
+    elif stage == "continue":
+      state, _ = train_stage(ctx, "continue", cfg.continued, mcfg, params)
+      save_dir(os.path.join(workdir, "continued"), mcfg, state["params"], tok)
+      params = gather_params(state["params"])
+    elif stage == "export":
+      if jax.process_index() == 0:
+        from jshear.convert.hf_export import export_hf
+        dtype = cfg.export.dtype or None
+        out["hf_dir"] = export_hf(mcfg.replace(attention_impl="xla", remat="none"), params,
+                                  os.path.join(workdir, "hf"), tokenizer_dir=tok, dtype=dtype,
+                                  overwrite=True)
+      distributed.barrier("export")
+    _mark_done(workdir, stage, {"params": count_params(params) if params is not None else None})
+  out["final_params"] = count_params(params) if params is not None else None
+  out["final_config"] = json.loads(mcfg.to_json())
+  if data_dir and cfg.final_eval and params is not None:
+    from jshear.train.loop import DomainEval
+    block = cfg.continued if "continue" in stages else cfg.prune
+    out["eval"] = {}
+    for name, (c, p) in (("source", source), ("final", (mcfg, params))):
+      if p is not None:
+        out["eval"][name] = DomainEval(ctx, c, _eval_domains(data_dir), block.batch_size,
+                                       block.eval_batches)(p)
+  out["tokens_per_s"] = _stage_throughput(writer.path)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(out, f, indent=2)
+  return out
+
+
+def _eval_domains(data_dir):
+  from jshear.data.prepare import load_manifest
+  return list(load_manifest(data_dir)["domains"])
+
+
+def _stage_throughput(metrics_path: str) -> dict:
+  from jshear.metrics import read_metrics
+  recs = read_metrics(os.path.dirname(metrics_path))
+  out = {}
+  for r in recs:
+    if "tokens_per_s" in r:
+      out.setdefault(r["stage"], []).append(r["tokens_per_s"])
+  # Skip the first interval of each stage (it includes compilation).
+  return {k: float(np.median(v[1:] if len(v) > 1 else v)) for k, v in out.items()}

@@ -1,0 +1,27 @@
+"""The before/after table printed at the end of a run."""
+
+from __future__ import annotations
+
+
+def _fmt(x, spec):
+  return "-" if x is None else format(x, spec)
+
+
+def print_summary(s: dict) -> None:
+  print()
+  print(f"workdir: {s['workdir']}   stages: {','.join(s['stages'])}")
+  if s.get("hf_dir"):
+    print(f"Hugging Face model: {s['hf_dir']}")
+  print(f"params: source {_fmt(s.get('source_params'), ',')}  ->  final "
+        f"{_fmt(s.get('final_params'), ',')}")
+  ev = s.get("eval") or {}
+  if ev:
+    domains = sorted(next(iter(ev.values())))
+    print(f"{'held-out loss':<16}" + "".join(f"{d:>12}" for d in domains) + f"{'mean':>10}")
+    for name, losses in ev.items():
+      vals = [losses[d] for d in domains]
+      mean = sum(vals) / len(vals)
+      print(f"{name:<16}" + "".join(f"{v:>12.3f}" for v in vals) + f"{mean:>10.3f}")
+  tps = s.get("tokens_per_s") or {}
+  if tps:
+    print("tokens/s: " + ", ".join(f"{k} {v:,.0f}" for k, v in tps.items()))

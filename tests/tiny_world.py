@@ -1,0 +1,87 @@
+"""A tiny but real world for end-to-end runs: a word-level tokenizer trained on real text
+already on every Debian machine, a 3-domain prepared dataset, and a tiny random LLaMA."""
+
+from __future__ import annotations
+
+import glob
+import os
+import sysconfig
+
+import hf_tiny
+
+SEQ = 32
+
+
+def _texts():
+  """Three real domains from files every machine has: license prose, Python code, and
+  Python's own documentation strings (the stdlib's longest modules)."""
+  lic = sorted(glob.glob("/usr/share/common-licenses/*"))
+  lic = [p for p in lic if os.path.isfile(p)][:6]
+  stdlib = sysconfig.get_paths()["stdlib"]
+  code = [os.path.join(stdlib, n) for n in ("json/decoder.py", "json/encoder.py", "heapq.py",
+                                            "bisect.py", "colorsys.py", "textwrap.py")]
+  docs = [os.path.join(stdlib, n) for n in ("this.py", "keyword.py", "token.py", "fnmatch.py",
+                                            "glob.py", "shlex.py")]
+  return {"legal": lic, "code": code, "misc": docs}
+
+
+def build(root, *, family="llama", kv=2, tied=False):
+  """Returns dict(hf=HF model dir with tokenizer, data=prepared dir, corpus=dir)."""
+  from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+  from transformers import PreTrainedTokenizerFast
+
+  from jshear.data.prepare import prepare
+
+  root = str(root)
+  corpus = os.path.join(root, "corpus")
+  all_text = []
+  for dom, paths in _texts().items():
+    os.makedirs(os.path.join(corpus, dom), exist_ok=True)
+    for i, p in enumerate(paths):
+      with open(p, encoding="utf-8", errors="replace") as f:
+        text = f.read()[:6000]
+      all_text.append(text)
+      with open(os.path.join(corpus, dom, f"{i}.txt"), "w") as f:
+        f.write(text)
+  tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  tok.train_from_iterator(all_text, trainers.WordLevelTrainer(
+      vocab_size=250, special_tokens=["<pad>", "<unk>", "<s>", "</s>"]))
+  hf = os.path.join(root, "hf")
+  fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                 pad_token="<pad>", unk_token="<unk>")
+  if family == "llama":
+    config = hf_tiny.llama_config(kv=kv, tied=tied, vocab=256, hidden=64, heads=4, layers=4,
+                                  inter=96, head_dim=16)
+  else:
+    config = hf_tiny.cohere_config(kv=kv, vocab=256, hidden=64, heads=4, layers=4, inter=96)
+  config.bos_token_id, config.eos_token_id = 2, 3
+  hf_tiny.build(config).save_pretrained(hf)
+  fast.save_pretrained(hf)
+  data = os.path.join(root, "data")
+  prepare(hf, {d: os.path.join(corpus, d) for d in _texts()}, data, seq_len=SEQ, eval_docs=1,
+          workers=0, progress=False)
+  return {"hf": hf, "data": data, "corpus": corpus}
+
+
+def config(world, **prune_target):
+  from jshear.config_base import base_config
+  c = base_config()
+  c.model.source = world["hf"]
+  c.data.path = world["data"]
+  c.data.seq_len = SEQ
+  c.mesh.ici.update(data=2, fsdp=4, tensor=1)
+  p = c.prune
+  p.steps, p.batch_size, p.warmup_steps, p.lr = 6, 8, 1, 1e-3
+  p.target_warmup_steps = 3
+  p.groups = "layer,kv,intermediate,hidden"
+  p.target.update(num_layers=3, num_heads=2, num_kv_heads=1, hidden_size=32,
+                  intermediate_size=48)
+  p.target.update(**prune_target)
+  p.log_every, p.eval_every, p.eval_batches, p.ckpt_every = 1, 3, 1, 3
+  p.reweight_rule, p.reweight_every = "sheared", 3
+  k = c.continued
+  k.steps, k.batch_size, k.warmup_steps, k.lr = 6, 8, 1, 1e-3
+  k.log_every, k.eval_every, k.eval_batches, k.ckpt_every = 1, 3, 1, 3
+  k.reweight_rule, k.reweight_every = "sheared_code", 3
+  return c
