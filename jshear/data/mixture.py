@@ -6,8 +6,8 @@ remainder (ties to the lower domain index), and what rounding gave or took is
 carried on. So while the weights hold, each domain's total stays within one row
 of the sum of its targets (w_i * B exactly when that is an integer), and carry
 survives weight changes (a domain set to weight 0 gets no rows and drops its
-carry). grain's `IterDataset.mix` samples by weight instead, which
-makes composition a matter of luck; grain is still used per domain:
+carry). grain's `IterDataset.mix` samples by weight instead, which makes
+composition a matter of luck; grain is still used per domain:
 `MapDataset.source(shards).shuffle(seed).repeat()` gives random access to an
 endless stream that is reshuffled every epoch.
 
@@ -50,7 +50,7 @@ def compose(weights: np.ndarray, residuals: np.ndarray, batch_size: int) -> tupl
   """(rows per domain, new residuals): largest remainder over target + carry.
 
   Counts are never negative and a zero-weight domain gets no rows (its carry is
-  dropped), so the greedy steps below may move a row more than once per domain.
+  dropped); the total is then fixed one row at a time, most under-served first.
   """
   active = weights > 0
   # Rounded so that e.g. 0.3 * 10 counts as exactly 3, not 2.9999999999999996.
@@ -79,6 +79,8 @@ class MixtureLoader:
                         f"got {batch_size}")
     if not 0 <= process_index < process_count:
       raise JShearError(f"process_index: expected in [0, {process_count}), got {process_index}")
+    if seed < 0:
+      raise JShearError(f"seed: expected >= 0, got {seed}")
     if not sources:
       raise JShearError("sources: expected at least one domain, got none")
     self.domains = list(sources)

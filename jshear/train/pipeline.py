@@ -106,7 +106,7 @@ def resolve_data(cfg, tokenizer_dir: str | None) -> str:
       if jax.process_index() == 0:
         domains = {d: os.path.join(root, d) for d in sorted(os.listdir(root))
                    if os.path.isdir(os.path.join(root, d))}
-        prepare(tokenizer_dir, domains, path, seq_len=cfg.data.seq_len, eval_docs=8,
+        prepare(tokenizer_dir, domains, path, seq_len=cfg.data.seq_len, eval_docs=2,
                 eval_fraction=0.0, workers=2, seed=0)
       distributed.barrier("prepare-local")
   else:
