@@ -63,7 +63,7 @@ def lagrangian(state: PruneState, step, warmup_steps: int) -> tuple[jax.Array, d
         f"prune/{g}/lambda1": jnp.mean(state.lambda1[g]),
         f"prune/{g}/lambda2": jnp.mean(state.lambda2[g]),
     })
-  full = prunable_params(src)
+  full = float(prunable_params(src))  # python float: counts exceed int32 at 7B
   exp_params = expected_params(src, p)
   diag["prune/expected_params"] = exp_params
   diag["prune/target_params"] = jnp.float32(prunable_params(target_config(src, state.target)))

@@ -1,0 +1,159 @@
+"""Memory planner: compile the real train step ahead of time on abstract shapes.
+
+  python -m jshear.plan --config=configs/sheared_2p7b.py --stage=prune --devices=8 \
+      --mesh=data=1,fsdp=8,tensor=1 --source_shape=llama2-7b --hbm_gb=80
+
+No weights are loaded and nothing is allocated: fake CPU devices stand in for the cluster,
+`jax.jit(step).lower(...).compile().memory_analysis()` reports per-device bytes. CPU XLA
+plans buffers differently from GPU/TPU XLA, so treat activations as an estimate; params
+and optimizer state are exact (shard shapes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+# Shapes of well-known sources, so planning needs no checkpoint on disk.
+SOURCE_SHAPES = {
+    "llama2-7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=32,
+                      num_heads=32, num_kv_heads=32, head_dim=128, norm_eps=1e-5),
+    "llama3-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                      num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128,
+                      rope_theta=500000.0),
+    "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                         num_layers=30, num_heads=9, num_kv_heads=3, head_dim=64,
+                         tie_embeddings=True, rope_theta=100000.0),
+}
+
+
+def _parse_mesh(text: str) -> dict:
+  out = {}
+  for part in filter(None, text.split(",")):
+    k, _, v = part.partition("=")
+    out[k.strip()] = int(v)
+  return out
+
+
+def plan(cfg, stage: str, mcfg, mesh, hbm_gb: float) -> dict:
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from jshear import sharding as shd
+  from jshear.prune.targets import target_config
+  from jshear.train.loop import Context, _dtype, state_plan
+  from jshear.train.pipeline import prune_spec
+  from jshear.train.step import make_train_step
+
+  block = {"prune": cfg.prune, "continue": cfg.continued, "pretrain": cfg.pretrain}[stage]
+  spec = prune_spec(cfg, mcfg) if stage == "prune" else None
+  if stage == "continue" and cfg.prune.target.num_layers:
+    mcfg = target_config(mcfg, prune_spec(cfg, mcfg).target)
+  shd.validate_layout(mesh, block.batch_size, block.grad_accum, mcfg.num_heads)
+  ctx = Context(cfg=cfg, workdir="", mesh=mesh, writer=None, data_dir="")
+  optimizer, _, _, abstract, shardings = state_plan(ctx, stage, block, mcfg, spec)
+  abstract_sh = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                             abstract, shardings)
+  T = cfg.data.seq_len
+  bsh = shd.batch_sharding(mesh)
+  batch = {k: jax.ShapeDtypeStruct((block.batch_size, T), jnp.int32, sharding=bsh)
+           for k in ("tokens", "segment_ids", "positions")}
+  step = make_train_step(
+      mcfg, optimizer, grad_accum=block.grad_accum, compute_dtype=_dtype(cfg.model.compute_dtype),
+      prune_warmup_steps=spec.warmup_steps if spec else 0,
+      micro_sharding=lambda nd: jax.sharding.NamedSharding(
+          mesh, jax.sharding.PartitionSpec(None, ("data", "fsdp"), *([None] * (nd - 2)))))
+  with jax.set_mesh(mesh):
+    compiled = jax.jit(step, in_shardings=(shardings, bsh),
+                       out_shardings=(shardings, shd.replicated(mesh)),
+                       donate_argnums=0).lower(abstract_sh, batch).compile()
+  mem = compiled.memory_analysis()
+
+  def per_device(tree):
+    return int(sum(np.prod(s.shard_shape(x.shape)) * x.dtype.itemsize
+                   for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(
+                       jax.tree.map(lambda x: x.sharding, tree)))))
+  params_b = per_device(abstract_sh["params"])
+  opt_b = per_device(abstract_sh["opt_state"])
+  other_b = per_device({k: v for k, v in abstract_sh.items() if k not in ("params", "opt_state")})
+  temp_b = int(getattr(mem, "temp_size_in_bytes", 0))
+  total = params_b + opt_b + other_b + temp_b
+  gib = 1024 ** 3
+  return {
+      "stage": stage, "devices": mesh.size, "mesh": dict(mesh.shape),
+      "model": {"layers": mcfg.num_layers, "hidden": mcfg.hidden_size, "heads": mcfg.num_heads,
+                "params": int(mcfg.num_params())},
+      "batch": [block.batch_size, T], "grad_accum": block.grad_accum,
+      "remat": mcfg.remat, "compute_dtype": cfg.model.compute_dtype,
+      "per_device_gib": {"params": params_b / gib, "optimizer": opt_b / gib,
+                         "prune_state_and_counters": other_b / gib,
+                         "activations_and_temps": temp_b / gib, "total": total / gib},
+      "hbm_gib": hbm_gb, "fits": total <= hbm_gb * 1e9,
+  }
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m jshear.plan", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--config", required=True)
+  p.add_argument("--stage", default="prune", choices=("prune", "continue", "pretrain"))
+  p.add_argument("--devices", type=int, default=8)
+  p.add_argument("--mesh", default="", help="e.g. data=1,fsdp=-1,tensor=1 (default: config)")
+  p.add_argument("--source_shape", default="",
+                 help=f"one of {sorted(SOURCE_SHAPES)}, or empty to read model.source")
+  p.add_argument("--hbm_gb", type=float, default=80.0)
+  p.add_argument("--set", action="append", default=[],
+                 help="config override KEY=VALUE (python literal), e.g. prune.grad_accum=4")
+  args = p.parse_args(argv)
+  # Fake devices must exist before jax starts.
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             f" --xla_force_host_platform_device_count={args.devices}")
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  import ast
+  import importlib.util
+
+  from jshear import sharding as shd
+  from jshear.errors import JShearError
+  from jshear.model.config import ModelConfig
+  try:
+    spec = importlib.util.spec_from_file_location("run_config", args.config)
+    if spec is None or not os.path.exists(args.config):
+      raise JShearError(f"--config {args.config} does not exist")
+    mod = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, os.getcwd())
+    spec.loader.exec_module(mod)
+    cfg = mod.get_config()
+    for item in args.set:
+      key, _, val = item.partition("=")
+      node = cfg
+      *path, leaf = key.split(".")
+      for k in path:
+        node = node[k]
+      if leaf not in node:
+        raise JShearError(f"--set {key}: unknown config key")
+      node[leaf] = ast.literal_eval(val)
+    if args.source_shape:
+      if args.source_shape not in SOURCE_SHAPES:
+        raise JShearError(f"--source_shape {args.source_shape!r} unknown "
+                          f"(known: {sorted(SOURCE_SHAPES)})")
+      mcfg = ModelConfig(**SOURCE_SHAPES[args.source_shape])
+    elif cfg.model.source and cfg.model.source != "smollm2":
+      mcfg = ModelConfig.from_hf_dir(cfg.model.source)
+    else:
+      mcfg = ModelConfig(**SOURCE_SHAPES["smollm2-135m"])
+    mcfg = mcfg.replace(remat=cfg.model.remat, attention_impl="xla")
+    mesh_sizes = _parse_mesh(args.mesh) if args.mesh else dict(cfg.mesh.ici)
+    mesh = shd.make_mesh(mesh_sizes)
+    out = plan(cfg, args.stage, mcfg, mesh, args.hbm_gb)
+  except JShearError as err:
+    print(f"error: {err}", file=sys.stderr)
+    return 2
+  print(json.dumps(out))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
