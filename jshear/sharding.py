@@ -129,3 +129,11 @@ def host_local_batch_to_global(batch: dict, mesh: Mesh) -> dict:
     sharding = batch_sharding(mesh, x.ndim)
     return jax.make_array_from_process_local_data(sharding, x)
   return {k: one(v) for k, v in batch.items()}
+
+
+def to_host(x):
+  """Host numpy of a replicated (or fully addressable) array, also on multi-host runs where
+  `np.asarray` of a global array would fail."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(x.addressable_data(0))
+  return np.asarray(x)

@@ -107,8 +107,8 @@ class DomainEval:
     cnt = np.zeros(len(self.domains))
     for b in self.batches:
       s, c = self._fn(params, masks, b)
-      tot += np.asarray(s)
-      cnt += np.asarray(c)
+      tot += shd.to_host(s)
+      cnt += shd.to_host(c)
     return {d: (float(tot[i] / cnt[i]) if cnt[i] > 0 else float("nan"))
             for i, d in enumerate(self.domains)}
 
@@ -185,7 +185,7 @@ def train_stage(ctx: Context, name: str, block, model_cfg: ModelConfig, params_h
   if ckpt.latest_step() is not None:
     state, extra = ckpt.restore(abstract_like(abstract, shardings))
     loader.set_state(extra["loader"])
-    _log.info("%s: resumed at step %d", name, int(state["step"]))
+    _log.info("%s: resumed at step %d", name, int(shd.to_host(state["step"])))
   else:
     if params_host is None:
       raise JShearError(f"stage {name}: no checkpoint to resume and no initial params")
@@ -215,7 +215,7 @@ def train_stage(ctx: Context, name: str, block, model_cfg: ModelConfig, params_h
   lr = schedule_fn(block, block.steps)
   fpt = model_flops_per_token(model_cfg) + attention_flops_per_token(model_cfg, cfg.data.seq_len)
 
-  start = int(state["step"])
+  start = int(shd.to_host(state["step"]))
   bar = tqdm(total=block.steps, initial=start, desc=name, disable=jax.process_index() != 0,
              dynamic_ncols=True, mininterval=2.0)
   t_last, tok_last, prev = time.time(), 0.0, None
@@ -233,15 +233,15 @@ def train_stage(ctx: Context, name: str, block, model_cfg: ModelConfig, params_h
       jax.block_until_ready(metrics["loss"])
       compile_s = time.time() - t0
       t_last, tok_last = time.time(), -float(block.batch_size * cfg.data.seq_len)
-    if prev is not None and int(prev["bad_streak"]) >= block.max_bad_steps:
-      raise JShearError(f"{name}: {int(prev['bad_streak'])} non-finite steps in a row at step "
+    if prev is not None and int(shd.to_host(prev["bad_streak"])) >= block.max_bad_steps:
+      raise JShearError(f"{name}: {block.max_bad_steps} non-finite steps in a row at step "
                         f"{step} (max_bad_steps={block.max_bad_steps}); lower the lr or check data")
     prev = metrics
     tok_last += float(block.batch_size * cfg.data.seq_len)
     done = step + 1
     bar.update(1)
     if done % block.log_every == 0 or done == block.steps:
-      m = jax.device_get(metrics)
+      m = jax.tree.map(shd.to_host, metrics)
       dt = max(time.time() - t_last, 1e-9)
       tps = tok_last / dt
       rec = {k: v for k, v in m.items()}

@@ -234,12 +234,12 @@ def _run_stages(cfg, workdir, stages, mesh, writer) -> dict:
       params = gather_params(state["params"])
     elif stage == "prune":
       state, _ = train_stage(ctx, "prune", cfg.prune, mcfg, params, spec)
-      save_mask_artefacts(workdir, jax.device_get(state["prune"]), mcfg, spec)
+      save_mask_artefacts(workdir, jax.tree.map(shd.to_host, state["prune"]), mcfg, spec)
     elif stage == "finalize":
       if "prune" not in stages and not os.path.isdir(os.path.join(workdir, "prune")):
         raise JShearError("stage finalize needs a finished prune stage in this workdir")
       state = restore_final_state(ctx, "prune", cfg.prune, mcfg, spec)
-      prune_state = jax.device_get(state["prune"])
+      prune_state = jax.tree.map(shd.to_host, state["prune"])
       masks = save_mask_artefacts(workdir, prune_state, mcfg, spec)
       if mcfg.tie_embeddings:
         # Keep a tied source tied: hidden channels survive at weight 1 (see finalize.py).

@@ -104,7 +104,7 @@ def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, *
       # Reference choice: keep log_alpha in [ln 0.01, ln 100] after every update.
       new_tr["prune"] = new_tr["prune"].replace(
           log_alpha=hard_concrete.clamp_log_alpha(new_tr["prune"].log_alpha))
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
     new_state = dict(state)
