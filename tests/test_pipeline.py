@@ -148,3 +148,15 @@ def test_cli_reports_unknown_config_key(world, tmp_path):
                      cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True,
                      text=True)
   assert r.returncode != 0 and "stepz" in r.stderr
+
+
+@pytest.mark.parametrize("method", ["magnitude", "random"])
+def test_one_shot_methods_reach_the_target_and_export(world, tmp_path, method):
+  cfg = tiny_world.config(world)
+  cfg.stages, cfg.prune.method, cfg.final_eval = "prune,finalize,export", method, False
+  summary = run(cfg, str(tmp_path / method))
+  hf = transformers.AutoModelForCausalLM.from_pretrained(summary["hf_dir"])
+  c = hf.config
+  assert (c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.hidden_size,
+          c.intermediate_size) == (3, 2, 1, 32, 48)
+  assert not os.path.exists(tmp_path / method / "prune" / "checkpoints")

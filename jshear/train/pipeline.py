@@ -33,6 +33,8 @@ from jshear.train.loop import Context, PruneSpec, restore_final_state, train_sta
 _log = logging.getLogger(__name__)
 # Keys that may differ between invocations on one workdir (everything else must match).
 _RESUMABLE_KEYS = ("stages", "overwrite", "init_from")
+# Ways to choose masks; every one ends in the same finalize (fold + slice).
+PRUNE_METHODS = ("learned", "magnitude", "random")
 
 
 def parse_stages(text) -> list[str]:
@@ -145,8 +147,8 @@ def prune_spec(cfg, src: ModelConfig) -> PruneSpec:
   target = TargetShape(t.num_layers, t.num_heads, t.num_kv_heads or src.num_kv_heads,
                        t.hidden_size, t.intermediate_size)
   groups = tuple(g.strip() for g in cfg.prune.groups.split(",") if g.strip())
-  if cfg.prune.method != "learned":
-    raise JShearError(f"config.prune.method={cfg.prune.method!r}: only 'learned' is built so far")
+  if cfg.prune.method not in PRUNE_METHODS:
+    raise JShearError(f"config.prune.method={cfg.prune.method!r} (known: {list(PRUNE_METHODS)})")
   validate_target(src, target, groups)
   return PruneSpec(target, groups, cfg.prune.constraint, cfg.prune.target_warmup_steps)
 
@@ -162,21 +164,37 @@ def _mark_done(workdir, stage, info: dict):
       json.dump(info, f, indent=2)
 
 
-def save_mask_artefacts(workdir: str, prune_state, src: ModelConfig, spec: PruneSpec) -> dict:
-  """Learned log_alpha, soft deterministic masks and 0/1 masks, for users to inspect."""
-  soft = deterministic_masks(prune_state, src, spec.target)
-  binary = deterministic_masks(prune_state, src, spec.target, binary=True)
+def one_shot_masks(cfg, mcfg: ModelConfig, params, spec: PruneSpec) -> dict:
+  from jshear.prune import baselines
+  if cfg.prune.method == "magnitude":
+    scores = baselines.magnitude_scores(mcfg, params, spec.groups)
+  else:
+    scores = baselines.random_scores(mcfg, spec.groups, cfg.seed)
+  return baselines.masks_from_scores(mcfg, scores, spec.target)
+
+
+def save_mask_artefacts(workdir: str, prune_state, src: ModelConfig, spec: PruneSpec,
+                        masks: dict | None = None) -> dict:
+  """Masks for users to inspect and for finalize: learned `log_alpha`, soft deterministic
+  masks and 0/1 masks (one-shot methods give 0/1 masks directly)."""
+  if prune_state is not None:
+    soft = deterministic_masks(prune_state, src, spec.target)
+    binary = deterministic_masks(prune_state, src, spec.target, binary=True)
+  else:
+    soft = binary = masks
   if jax.process_index() == 0:
     d = os.path.join(workdir, "masks")
     os.makedirs(d, exist_ok=True)
-    np.savez(os.path.join(d, "log_alpha.npz"),
-             **{g: np.asarray(v) for g, v in prune_state.log_alpha.items()})
+    if prune_state is not None:
+      np.savez(os.path.join(d, "log_alpha.npz"),
+               **{g: np.asarray(v) for g, v in prune_state.log_alpha.items()})
     np.savez(os.path.join(d, "masks.npz"), **{g: np.asarray(v) for g, v in soft.items()})
     np.savez(os.path.join(d, "binary_masks.npz"), **{g: np.asarray(v) for g, v in binary.items()})
     kept = {g: np.asarray(v).sum(axis=-1).tolist() for g, v in binary.items()}
     with open(os.path.join(d, "masks.json"), "w") as f:
       json.dump({"target": spec.target.__dict__, "groups": list(spec.groups), "kept": kept},
                 f, indent=2)
+  distributed.barrier("masks")
   return soft
 
 
@@ -232,21 +250,23 @@ def _run_stages(cfg, workdir, stages, mesh, writer) -> dict:
       state, _ = train_stage(ctx, "pretrain", cfg.pretrain, mcfg, params)
       save_dir(os.path.join(workdir, "pretrained"), mcfg, state["params"], tok)
       params = gather_params(state["params"])
-    elif stage == "prune":
+    elif stage == "prune" and cfg.prune.method == "learned":
       state, _ = train_stage(ctx, "prune", cfg.prune, mcfg, params, spec)
       save_mask_artefacts(workdir, jax.tree.map(shd.to_host, state["prune"]), mcfg, spec)
+    elif stage == "prune":
+      save_mask_artefacts(workdir, None, mcfg, spec, one_shot_masks(cfg, mcfg, params, spec))
     elif stage == "finalize":
-      if "prune" not in stages and not os.path.isdir(os.path.join(workdir, "prune")):
-        raise JShearError("stage finalize needs a finished prune stage in this workdir")
-      state = restore_final_state(ctx, "prune", cfg.prune, mcfg, spec)
-      prune_state = jax.tree.map(shd.to_host, state["prune"])
-      masks = save_mask_artefacts(workdir, prune_state, mcfg, spec)
-      if mcfg.tie_embeddings:
+      masks_path = os.path.join(workdir, "masks", "masks.npz")
+      if not os.path.exists(masks_path):
+        raise JShearError(f"stage finalize needs {masks_path} from a finished prune stage")
+      with np.load(masks_path) as f:
+        masks = {k: f[k] for k in f.files}
+      if cfg.prune.method == "learned":  # the weights were trained along with the masks
+        params = gather_params(restore_final_state(ctx, "prune", cfg.prune, mcfg, spec)["params"])
+      if mcfg.tie_embeddings and "hidden" in masks:
         # Keep a tied source tied: hidden channels survive at weight 1 (see finalize.py).
-        masks = dict(masks, hidden=np.asarray(masks["hidden"] != 0, np.float32)) \
-            if "hidden" in masks else masks
-      host = gather_params(state["params"])
-      mcfg, params = finalize(mcfg, host, masks)
+        masks["hidden"] = (masks["hidden"] != 0).astype(np.float32)
+      mcfg, params = finalize(mcfg, params, masks)
       params = jax.device_get(params)
       save_dir(os.path.join(workdir, "pruned"), mcfg, params, tok)
       out["pruned_params"] = count_params(params)
