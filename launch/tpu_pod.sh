@@ -12,7 +12,7 @@ shift 2
 TPU=${TPU:?set TPU to the TPU VM name}
 ZONE=${ZONE:?set ZONE}
 REPO=${REPO:-\$HOME/jshear}
-REMOTE="cd $REPO && TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 .venv/bin/python -m jshear.train --config=$CONFIG --workdir=$WORKDIR $*"
+REMOTE="cd $REPO && TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 .venv/bin/python -m jshear.train --config=$CONFIG --workdir=$WORKDIR${*:+ $*}"
 GCLOUD=(gcloud compute tpus tpu-vm ssh "$TPU" --zone="$ZONE" --worker=all --command="$REMOTE")
 
 if [[ "${DRY_RUN:-0}" == 1 ]]; then
