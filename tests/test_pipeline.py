@@ -160,3 +160,19 @@ def test_one_shot_methods_reach_the_target_and_export(world, tmp_path, method):
   assert (c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.hidden_size,
           c.intermediate_size) == (3, 2, 1, 32, 48)
   assert not os.path.exists(tmp_path / method / "prune" / "checkpoints")
+
+
+def test_pretrain_parallel_family_from_scratch(world, tmp_path):
+  from configs import chop_300m
+  cfg = chop_300m.get_config(layers=2, d=32, heads=4, inter=48, steps=8)
+  cfg.model.vocab_size, cfg.model.tokenizer = 256, world["hf"]
+  cfg.model.compute_dtype, cfg.model.remat = "float32", "full"
+  cfg.data.path, cfg.data.seq_len = world["data"], tiny_world.SEQ
+  cfg.mesh.ici.update(data=2, fsdp=4, tensor=1)
+  t = cfg.pretrain
+  t.batch_size, t.lr, t.warmup_steps, t.log_every, t.eval_every, t.ckpt_every = 8, 3e-3, 1, 1, 4, 4
+  summary = run(cfg, str(tmp_path / "pt"))
+  losses = [r["lm_loss"] for r in read_metrics(str(tmp_path / "pt")) if "lm_loss" in r]
+  assert len(losses) == 8 and losses[-1] < losses[0] - 0.3
+  hf = transformers.AutoModelForCausalLM.from_pretrained(summary["hf_dir"])
+  assert type(hf).__name__ == "CohereForCausalLM" and hf.config.use_qk_norm
