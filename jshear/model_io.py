@@ -1,22 +1,28 @@
-"""A jshear model directory: config + Orbax params + tokenizer, written atomically.
+"""A jshear model directory: config + params + tokenizer, written atomically.
 
   DIR/model_config.json   ModelConfig (jshear's own form)
-  DIR/params/             Orbax checkpoint of the params pytree
+  DIR/params/<leaf>/      one zarr3 array per parameter, written and read with tensorstore
+                          (the storage layer Orbax itself uses), chunked one layer at a time
+  DIR/params/index.json   leaf paths, shapes and dtypes
   DIR/tokenizer/          tokenizer files copied from the source model, when it had them
 
-Training checkpoints (optimizer, data state, ...) live in `jshear.checkpoint`; this is the
-hand-off format between stages and the converter's output.
+Why not an Orbax PyTree checkpoint here: the converter must write a stacked [L, ...] weight
+one layer at a time, so converting a 7B model needs about one tensor of RAM, and a sharded
+loader must read only its shard; per-leaf tensorstore arrays give both. Training checkpoints
+(optimizer, data state, ...) are Orbax (`jshear.checkpoint`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 
 import jax
-import orbax.checkpoint as ocp
+import numpy as np
+import tensorstore as ts
 
 from jshear.errors import JShearError
 from jshear.model.config import ModelConfig
@@ -58,35 +64,77 @@ def copy_tokenizer(src_dir: str, dst_dir: str) -> list[str]:
   return copied
 
 
+def _flat_shapes(cfg: ModelConfig) -> dict[str, tuple]:
+  flat = jax.tree_util.tree_flatten_with_path(param_shapes(cfg),
+                                              is_leaf=lambda x: isinstance(x, tuple))[0]
+  return {_leaf_name(p): s for p, s in flat}
+
+
+def _leaf_name(path) -> str:
+  return ".".join(str(getattr(k, "key", k)) for k in path)
+
+
+def _spec(root: str, name: str) -> dict:
+  return {"driver": "zarr3", "kvstore": {"driver": "file", "path": os.path.join(root, name)}}
+
+
+class ParamWriter:
+  """Creates every parameter array up front, then accepts whole leaves or single layers."""
+
+  def __init__(self, root: str, cfg: ModelConfig, dtypes: dict[str, np.dtype]):
+    self.root, self.shapes, self.arrays = root, _flat_shapes(cfg), {}
+    os.makedirs(root, exist_ok=True)
+    for name, shape in self.shapes.items():
+      chunk = [1 if name.startswith("layers.") and i == 0 else n for i, n in enumerate(shape)]
+      self.arrays[name] = ts.open(
+          _spec(root, name), create=True, dtype=ts.dtype(np.dtype(dtypes[name]).name),
+          shape=list(shape), chunk_layout=ts.ChunkLayout(write_chunk_shape=chunk)).result()
+    with open(os.path.join(root, "index.json"), "w") as f:
+      json.dump({n: {"shape": list(s), "dtype": np.dtype(dtypes[n]).name}
+                 for n, s in self.shapes.items()}, f, indent=1)
+
+  def write(self, name: str, value, layer: int | None = None) -> None:
+    arr = self.arrays[name]
+    want = tuple(arr.shape[1:] if layer is not None else arr.shape)
+    if tuple(value.shape) != want:
+      raise JShearError(f"parameter {name}{'' if layer is None else f'[{layer}]'} has shape "
+                        f"{tuple(value.shape)}, expected {want}")
+    (arr[layer] if layer is not None else arr).write(np.asarray(value, arr.dtype.numpy_dtype)).result()
+
+
+@contextlib.contextmanager
+def model_writer(path: str, cfg: ModelConfig, dtypes: dict[str, np.dtype],
+                 tokenizer_dir: str | None = None, overwrite: bool = False):
+  """Stream a model into a new model dir (atomic): `with model_writer(...) as w: w.write(...)`."""
+  with atomic_dir(path, overwrite) as tmp:
+    with open(os.path.join(tmp, "model_config.json"), "w") as f:
+      f.write(cfg.to_json())
+    yield ParamWriter(os.path.join(tmp, "params"), cfg, dtypes)
+    if tokenizer_dir:
+      copy_tokenizer(tokenizer_dir, os.path.join(tmp, "tokenizer"))
+
+
 def check_param_shapes(cfg: ModelConfig, params, where: str) -> None:
-  want = param_shapes(cfg)
-  got = jax.tree.map(lambda x: tuple(x.shape), params)
-  flat_want = dict(jax.tree_util.tree_flatten_with_path(
-      want, is_leaf=lambda x: isinstance(x, tuple))[0])
-  flat_got = dict(jax.tree_util.tree_flatten_with_path(
-      got, is_leaf=lambda x: isinstance(x, tuple))[0])
-  for k in set(flat_want) | set(flat_got):
-    name = jax.tree_util.keystr(k)
-    if k not in flat_got:
+  want = _flat_shapes(cfg)
+  got = {_leaf_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+  for name in sorted(set(want) | set(got)):
+    if name not in got:
       raise JShearError(f"{where}: parameter {name} is missing")
-    if k not in flat_want:
+    if name not in want:
       raise JShearError(f"{where}: unexpected parameter {name}")
-    if flat_want[k] != flat_got[k]:
-      raise JShearError(f"{where}: parameter {name} has shape {flat_got[k]}, "
-                        f"expected {flat_want[k]} from the model config")
+    if want[name] != got[name]:
+      raise JShearError(f"{where}: parameter {name} has shape {got[name]}, "
+                        f"expected {want[name]} from the model config")
 
 
 def save_model(path: str, cfg: ModelConfig, params, tokenizer_dir: str | None = None,
                overwrite: bool = False) -> str:
   check_param_shapes(cfg, params, path)
-  with atomic_dir(path, overwrite) as tmp:
-    with open(os.path.join(tmp, "model_config.json"), "w") as f:
-      f.write(cfg.to_json())
-    with ocp.StandardCheckpointer() as ckptr:
-      ckptr.save(os.path.join(tmp, "params"), params)
-      ckptr.wait_until_finished()
-    if tokenizer_dir:
-      copy_tokenizer(tokenizer_dir, os.path.join(tmp, "tokenizer"))
+  flat = {_leaf_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+  with model_writer(path, cfg, {n: x.dtype for n, x in flat.items()}, tokenizer_dir,
+                    overwrite) as w:
+    for name, x in flat.items():
+      w.write(name, np.asarray(x))
   return os.path.abspath(path)
 
 
@@ -98,35 +146,53 @@ def load_config(path: str) -> ModelConfig:
     return ModelConfig.from_json(f.read())
 
 
+def open_params(path: str, cfg: ModelConfig | None = None) -> dict:
+  """The params tree as lazy tensorstore arrays (index them, `np.asarray` to read)."""
+  cfg = cfg or load_config(path)
+  root = os.path.join(path, "params")
+  index_path = os.path.join(root, "index.json")
+  if not os.path.exists(index_path):
+    raise JShearError(f"{path} has no params/index.json: not a complete jshear model directory")
+  with open(index_path) as f:
+    index = json.load(f)
+  shapes = _flat_shapes(cfg)
+  for name in sorted(set(shapes) | set(index)):
+    if name not in index:
+      raise JShearError(f"{path}: parameter {name} is missing")
+    if name not in shapes:
+      raise JShearError(f"{path}: unexpected parameter {name}")
+    if tuple(index[name]["shape"]) != tuple(shapes[name]):
+      raise JShearError(f"{path}: parameter {name} has shape {tuple(index[name]['shape'])}, "
+                        f"expected {tuple(shapes[name])} from model_config.json")
+  flat = {n: ts.open(_spec(root, n), open=True).result() for n in shapes}
+  tree = {}
+  for name, arr in flat.items():
+    node = tree
+    *parents, leaf = name.split(".")
+    for k in parents:
+      node = node.setdefault(k, {})
+    node[leaf] = arr
+  return tree
+
+
 def load_model(path: str, shardings=None, dtype=None):
-  """Returns (cfg, params). `shardings` (a pytree of NamedSharding matching the params) makes
-  every host read only its own shards; without it, arrays land on the default device."""
+  """Returns (cfg, params). Without `shardings`: host numpy arrays. With a pytree of
+  NamedSharding: global jax arrays, each process reading only the shards it holds."""
   cfg = load_config(path)
-  path = os.path.abspath(path)
-  with ocp.StandardCheckpointer() as ckptr:
-    meta = ckptr.metadata(os.path.join(path, "params"))
-    tree = meta.item_metadata if hasattr(meta, "item_metadata") else meta
-    stored = jax.tree.map(lambda m: (tuple(m.shape), m.dtype), tree,
-                          is_leaf=lambda m: hasattr(m, "shape"))
-    check_param_shapes(cfg, jax.tree.map(lambda s: _Shape(s[0]), stored,
-                                         is_leaf=lambda x: isinstance(x, tuple)), path)
-    if shardings is None:
-      dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-      shardings = jax.tree.map(lambda _: dev, stored, is_leaf=lambda x: isinstance(x, tuple))
-    target = jax.tree.map(
-        lambda s, sh: jax.ShapeDtypeStruct(s[0], dtype or s[1], sharding=sh),
-        stored, shardings, is_leaf=lambda x: isinstance(x, tuple))
-    params = ckptr.restore(os.path.join(path, "params"), target)
-  return cfg, params
+  lazy = open_params(path, cfg)
+
+  def read(arr, sharding=None):
+    cast = (lambda x: x.astype(dtype)) if dtype is not None else (lambda x: x)
+    if sharding is None:
+      return cast(arr.read().result())
+    return jax.make_array_from_callback(tuple(arr.shape), sharding,
+                                        lambda idx: cast(arr[idx].read().result()))
+
+  if shardings is None:
+    return cfg, jax.tree.map(read, lazy, is_leaf=lambda x: isinstance(x, ts.TensorStore))
+  return cfg, jax.tree.map(read, lazy, shardings, is_leaf=lambda x: isinstance(x, ts.TensorStore))
 
 
 def tokenizer_dir(path: str) -> str | None:
   d = os.path.join(path, "tokenizer")
   return d if os.path.isdir(d) else None
-
-
-class _Shape:
-  """Shape-only stand-in so `check_param_shapes` can run on checkpoint metadata."""
-
-  def __init__(self, shape):
-    self.shape = shape

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 
-import jax
 import numpy as np
 from safetensors.numpy import save_file
 
@@ -25,16 +24,21 @@ _DTYPE_NAMES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float1
 
 
 def hf_tensors(cfg: ModelConfig, params):
-  """Yield (hf_name, numpy array) for every tensor, one at a time, in HF layout."""
+  """Yield (hf_name, numpy array) for every tensor in HF layout, reading one layer at a time
+  (params may be numpy arrays or lazy tensorstore arrays from `model_io.open_params`)."""
   for part, name in hf_names.global_table(cfg).items():
     yield name, hf_names.to_hf(cfg, part, np.asarray(params[part]))
-  layers = params["layers"]
-  if cfg.family == "parallel":
-    layers = unfuse_layers(cfg, {k: np.asarray(v) for k, v in layers.items()}, xp=np)
+  one = cfg.replace(num_layers=1)
   for i in range(cfg.num_layers):
+    layer = {k: np.asarray(v[i])[None] for k, v in params["layers"].items()}
+    if cfg.family == "parallel":
+      layer = unfuse_layers(one, layer, xp=np)
     for part, suffix in hf_names.layer_table(cfg).items():
-      yield hf_names.hf_layer_name(i, suffix), hf_names.to_hf(cfg, part,
-                                                              np.asarray(layers[part][i]))
+      yield hf_names.hf_layer_name(i, suffix), hf_names.to_hf(cfg, part, layer[part][0])
+
+
+def _dtype_of(x) -> np.dtype:
+  return np.dtype(getattr(x.dtype, "numpy_dtype", x.dtype))
 
 
 def export_hf(cfg: ModelConfig, params, out_dir: str, tokenizer_dir: str | None = None,
@@ -42,9 +46,8 @@ def export_hf(cfg: ModelConfig, params, out_dir: str, tokenizer_dir: str | None 
               max_shard_bytes: int = 2 << 30) -> str:
   """Write an HF model dir. `dtype` casts on the way out (default: keep the params' dtype,
   so a bf16 model is not silently exported as fp32 or vice versa)."""
-  params = jax.device_get(params)
   hf_cfg = cfg.to_hf_dict()
-  out_dtype = np.dtype(dtype) if dtype else np.asarray(params["embed"]).dtype
+  out_dtype = np.dtype(dtype) if dtype else _dtype_of(params["embed"])
   hf_cfg["dtype"] = _DTYPE_NAMES.get(str(out_dtype), str(out_dtype))
   with model_io.atomic_dir(out_dir, overwrite) as tmp:
     shard, shard_bytes, weight_map, files = {}, 0, {}, []
@@ -89,6 +92,7 @@ def export_model_dir(ckpt_dir: str, out_dir: str, dtype: str | None = None,
                      overwrite: bool = False) -> str:
   if os.path.exists(out_dir) and not overwrite:
     raise JShearError(f"output {out_dir} already exists (pass --overwrite to replace it)")
-  cfg, params = model_io.load_model(ckpt_dir)
+  cfg = model_io.load_config(ckpt_dir)
+  params = model_io.open_params(ckpt_dir, cfg)  # lazy: read one layer at a time
   return export_hf(cfg, params, out_dir, tokenizer_dir=model_io.tokenizer_dir(ckpt_dir),
                    dtype=dtype, overwrite=overwrite)

@@ -6,6 +6,7 @@ import glob
 import json
 import os
 
+import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy)
 import numpy as np
 from safetensors import safe_open
 
@@ -18,6 +19,7 @@ from jshear.model.params import fuse_layers
 _PICKLE_PATTERNS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
 # Tensors HF checkpoints sometimes carry that jshear recomputes or never uses.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+_ST_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
 
 
 class TensorReader:
@@ -50,17 +52,26 @@ class TensorReader:
   def names(self) -> set[str]:
     return set(self.file_of)
 
+  def dtype(self, name: str) -> np.dtype:
+    """Stored dtype of one tensor, without reading it."""
+    return self.get(name).dtype if isinstance(self.file_of.get(name), np.ndarray) or \
+        name not in self.file_of else np.dtype(_ST_DTYPES[self._handle(name).get_slice(name).get_dtype()])
+
+  def _handle(self, name: str):
+    src = self.file_of[name]
+    if src not in self._handles:
+      if not os.path.exists(src):
+        raise JShearError(f"{src} (listed in the safetensors index) does not exist")
+      self._handles[src] = safe_open(src, "numpy")
+    return self._handles[src]
+
   def get(self, name: str) -> np.ndarray:
     if name not in self.file_of:
       raise JShearError(f"tensor {name!r} is missing from {self.hf_dir}")
     src = self.file_of[name]
     if isinstance(src, np.ndarray):
       return src
-    if src not in self._handles:
-      if not os.path.exists(src):
-        raise JShearError(f"{src} (listed in the safetensors index) does not exist")
-      self._handles[src] = safe_open(src, "numpy")
-    return self._handles[src].get_tensor(name)
+    return self._handle(name).get_tensor(name)
 
 
 def _pickle_tensors(paths):
@@ -84,41 +95,66 @@ def _checked(reader: TensorReader, cfg: ModelConfig, name: str, part: str) -> np
   return w
 
 
-def read_hf_params(hf_dir: str, cfg: ModelConfig | None = None, allow_pickle: bool = False):
-  """Returns (cfg, params as numpy). Fills each stacked [L, ...] array one layer at a time."""
-  cfg = cfg or ModelConfig.from_hf_dir(hf_dir)
-  reader = TensorReader(hf_dir, allow_pickle)
+def iter_hf_params(reader: TensorReader, cfg: ModelConfig):
+  """Yield (leaf name, layer index or None, array in jshear layout), one tensor (or one
+  layer's fused tensor) at a time; checks that every tensor is known and present."""
   used = set()
-  params = {}
   for part, name in hf_names.global_table(cfg).items():
-    params[part] = hf_names.to_jshear(cfg, part, _checked(reader, cfg, name, part))
     used.add(name)
-  parts = {}
-  for part, suffix in hf_names.layer_table(cfg).items():
-    stacked = None
-    for i in range(cfg.num_layers):
+    yield part, None, hf_names.to_jshear(cfg, part, _checked(reader, cfg, name, part))
+  table = hf_names.layer_table(cfg)
+  for i in range(cfg.num_layers):
+    parts = {}
+    for part, suffix in table.items():
       name = hf_names.hf_layer_name(i, suffix)
-      w = hf_names.to_jshear(cfg, part, _checked(reader, cfg, name, part))
-      if stacked is None:
-        stacked = np.empty((cfg.num_layers,) + w.shape, w.dtype)
-      stacked[i] = w
       used.add(name)
-    parts[part] = stacked
-  params["layers"] = parts if cfg.family == "llama" else fuse_layers(cfg, parts, xp=np)
+      parts[part] = hf_names.to_jshear(cfg, part, _checked(reader, cfg, name, part))
+    if cfg.family == "parallel":
+      one = cfg.replace(num_layers=1)
+      parts = {k: v[0] for k, v in fuse_layers(one, {k: v[None] for k, v in parts.items()},
+                                               xp=np).items()}
+    for part, w in parts.items():
+      yield f"layers.{part}", i, w
   extra = sorted(n for n in reader.names() - used
                  if not n.endswith(_IGNORED_SUFFIXES) and not (cfg.tie_embeddings and
                                                                n == "lm_head.weight"))
   if extra:
-    raise JShearError(f"{hf_dir} has tensors jshear does not know ({len(extra)}): "
+    raise JShearError(f"{reader.hf_dir} has tensors jshear does not know ({len(extra)}): "
                       f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
+
+
+def read_hf_params(hf_dir: str, cfg: ModelConfig | None = None, allow_pickle: bool = False):
+  """Returns (cfg, params as numpy), the whole model in memory."""
+  cfg = cfg or ModelConfig.from_hf_dir(hf_dir)
+  params = {"layers": {}}
+  for name, layer, w in iter_hf_params(TensorReader(hf_dir, allow_pickle), cfg):
+    if layer is None:
+      params[name] = w
+      continue
+    leaf = name.split(".", 1)[1]
+    if leaf not in params["layers"]:
+      params["layers"][leaf] = np.empty((cfg.num_layers,) + w.shape, w.dtype)
+    params["layers"][leaf][layer] = w
   return cfg, params
 
 
 def import_hf(hf_dir: str, out_dir: str, overwrite: bool = False,
               allow_pickle: bool = False) -> str:
+  """Streams an HF checkpoint into a jshear model dir: about one tensor in memory at a time."""
   if not os.path.isdir(hf_dir):
     raise JShearError(f"{hf_dir} is not a directory")
   if os.path.exists(out_dir) and not overwrite:
     raise JShearError(f"output {out_dir} already exists (pass --overwrite to replace it)")
-  cfg, params = read_hf_params(hf_dir, allow_pickle=allow_pickle)
-  return model_io.save_model(out_dir, cfg, params, tokenizer_dir=hf_dir, overwrite=overwrite)
+  cfg = ModelConfig.from_hf_dir(hf_dir)
+  reader = TensorReader(hf_dir, allow_pickle)
+  # Each parameter keeps its stored dtype (fused parallel weights take q_proj's).
+  dtypes = {part: reader.dtype(name) for part, name in hf_names.global_table(cfg).items()}
+  for part, suffix in hf_names.layer_table(cfg).items():
+    dtypes[f"layers.{part}"] = reader.dtype(hf_names.hf_layer_name(0, suffix))
+  if cfg.family == "parallel":
+    dtypes["layers.w_in"] = dtypes["layers.w_out"] = dtypes["layers.wq"]
+  with model_io.model_writer(out_dir, cfg, dtypes, tokenizer_dir=hf_dir,
+                             overwrite=overwrite) as writer:
+    for name, layer, w in iter_hf_params(reader, cfg):
+      writer.write(name, w, layer)
+  return os.path.abspath(out_dir)
