@@ -1,0 +1,68 @@
+"""Shared bench helpers: one JSON line per figure, interleaved timing of the contenders so a
+noisy shared machine slows both sides alike."""
+
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def emit(**kw):
+  print(json.dumps(kw), flush=True)
+
+
+def interleaved(fns: dict, rounds: int = 5, warmup: int = 1) -> dict:
+  """{name: fn} -> {name: median seconds}; contenders alternate within every round."""
+  for fn in fns.values():
+    for _ in range(warmup):
+      fn()
+  times = {k: [] for k in fns}
+  for _ in range(rounds):
+    for k, fn in fns.items():
+      t = time.perf_counter()
+      fn()
+      times[k].append(time.perf_counter() - t)
+  return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+
+
+def matmul_peak_flops(n: int = 1024, reps: int = 10) -> float:
+  """fp32 matmul FLOP/s jax reaches on this machine right now (the MFU denominator)."""
+  import jax
+  import jax.numpy as jnp
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  best = float("inf")
+  for _ in range(reps):
+    t = time.perf_counter()
+    f(a).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2 * n ** 3 / best
+
+
+def jshear_train_step(cfg, params, batch_size: int, seq: int, prune_groups=None, target=None):
+  """A jitted jshear train step on one device and its inputs: (step, state, batch)."""
+  import jax
+  import ml_collections
+  import numpy as np
+
+  from jshear.config_base import train_block
+  from jshear.optim import build_optimizer
+  from jshear.prune.state import init_prune_state
+  from jshear.train.step import init_state, make_train_step
+
+  block = train_block(steps=1000, warmup_steps=10)
+  opt = build_optimizer(block, 1000, prune_groups is not None)
+  ps = None
+  if prune_groups is not None:
+    ps = init_prune_state(cfg, target, prune_groups, jax.random.key(1))
+  state = init_state(jax.device_put(params), opt, 0, ps)
+  step = jax.jit(make_train_step(cfg, opt, prune_warmup_steps=100), donate_argnums=0)
+  toks = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch_size, seq)).astype(np.int32)
+  batch = {"tokens": toks, "segment_ids": np.ones_like(toks),
+           "positions": np.tile(np.arange(seq, dtype=np.int32), (batch_size, 1))}
+  return step, state, batch
