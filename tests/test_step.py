@@ -1,0 +1,116 @@
+"""The step builder: accumulation, non-finite skipping, schedules; checkpoints across meshes."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jshear import sharding as shd
+from jshear.checkpoint import Checkpointer, abstract_like
+from jshear.config_base import train_block
+from jshear.errors import JShearError
+from jshear.model.config import ModelConfig
+from jshear.model.params import init_params
+from jshear.optim import build_optimizer, make_schedule
+from jshear.train.state_sharding import put_global, state_shardings
+from jshear.train.step import init_state, make_train_step
+
+CFG = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2,
+                  num_heads=4, num_kv_heads=2, head_dim=8)
+
+
+def _batch(seed=0, B=8, T=16):
+  toks = np.random.default_rng(seed).integers(0, 64, (B, T)).astype(np.int32)
+  return {"tokens": toks, "segment_ids": np.ones_like(toks),
+          "positions": np.tile(np.arange(T, dtype=np.int32), (B, 1))}
+
+
+def _state(block=None):
+  block = block or train_block(steps=10, warmup_steps=0, lr=1e-2, schedule="constant")
+  opt = build_optimizer(block, block.steps, False)
+  return opt, init_state(init_params(CFG, jax.random.key(0)), opt, 0)
+
+
+def test_grad_accumulation_equals_one_big_batch():
+  # Plain SGD, so the update is the gradient (Adam's first step is sign-like and would
+  # amplify roundoff in near-zero gradients).
+  opt = optax.sgd(1.0)
+  state = init_state(init_params(CFG, jax.random.key(0)), opt, 0)
+  one = jax.jit(make_train_step(CFG, opt, grad_accum=1))
+  four = jax.jit(make_train_step(CFG, opt, grad_accum=4))
+  s1, m1 = one(state, _batch())
+  s4, m4 = four(state, _batch())
+  np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-6)
+  np.testing.assert_allclose(m1["grad_norm"], m4["grad_norm"], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(s1["params"]), jax.tree.leaves(s4["params"])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_bf16_compute_keeps_fp32_master_weights():
+  opt, state = _state()
+  step = jax.jit(make_train_step(CFG, opt, compute_dtype=jnp.bfloat16))
+  new, m = step(state, _batch())
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new["params"]))
+  ref = jax.jit(make_train_step(CFG, opt))(state, _batch())[1]
+  assert abs(float(m["lm_loss"]) - float(ref["lm_loss"])) < 0.05
+
+
+def test_non_finite_step_is_skipped_and_counted():
+  opt, state = _state()
+  step = jax.jit(make_train_step(CFG, opt))
+  bad = dict(state, params=jax.tree.map(lambda x: x, state["params"]))
+  bad["params"]["final_norm"] = bad["params"]["final_norm"].at[0].set(jnp.nan)
+  new, m = step(bad, _batch())
+  assert int(m["skipped"]) == 1 and int(m["bad_streak"]) == 1
+  for a, b in zip(jax.tree.leaves(new["params"]), jax.tree.leaves(bad["params"])):
+    np.testing.assert_array_equal(a, b)  # unchanged, NaN included
+  new, m = step(new, _batch())
+  assert int(m["bad_streak"]) == 2 and int(new["step"]) == 2
+  good, m = step(state, _batch())
+  assert int(m["skipped"]) == 0 and int(m["bad_streak"]) == 0
+
+
+def test_schedules():
+  cos = make_schedule("cosine", 1.0, 100, 10, 0.1)
+  assert float(cos(0)) == 0.0 and abs(float(cos(10)) - 1.0) < 1e-6
+  assert abs(float(cos(100)) - 0.1) < 1e-6
+  wsd = make_schedule("wsd", 1.0, 100, 10, 0.0, decay_fraction=0.2)
+  assert [round(float(wsd(s)), 4) for s in (5, 10, 50, 79, 80, 90, 100)] == \
+      [0.5, 1.0, 1.0, 1.0, 1.0, 0.5, 0.0]
+  lin = make_schedule("linear", 2.0, 20, 0, 0.5)
+  assert abs(float(lin(10)) - 1.5) < 1e-6
+  with pytest.raises(JShearError, match="train.schedule must be one of"):
+    make_schedule("exp", 1.0, 10, 1)
+
+
+def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
+  opt, state = _state()
+  step = jax.jit(make_train_step(CFG, opt))
+  state, _ = step(state, _batch())
+  abstract = jax.eval_shape(lambda: state)
+
+  def placed(mesh_sizes):
+    mesh = shd.make_mesh(mesh_sizes)
+    return mesh, state_shardings(CFG, abstract, mesh)
+
+  mesh_a, sh_a = placed({"data": 1, "fsdp": 8, "tensor": 1})
+  host = jax.device_get(state)
+  on_a = put_global(host, sh_a)
+  ckpt = Checkpointer(str(tmp_path / "ck"))
+  ckpt.save(1, on_a, {"note": "a"}, force=True)
+  ckpt.close()
+  # An interrupted save (a tmp dir Orbax never committed) is not a checkpoint.
+  os.makedirs(tmp_path / "ck" / "2.orbax-checkpoint-tmp-123" / "state")
+  mesh_b, sh_b = placed({"data": 2, "fsdp": 4, "tensor": 1})
+  ckpt = Checkpointer(str(tmp_path / "ck"))
+  assert ckpt.latest_step() == 1
+  restored, extra = ckpt.restore(abstract_like(abstract, sh_b))
+  ckpt.close()
+  assert extra == {"note": "a"}
+  wq = restored["params"]["layers"]["wq"]
+  assert wq.sharding == sh_b["params"]["layers"]["wq"]
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(host)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
