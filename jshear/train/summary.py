@@ -17,11 +17,13 @@ def print_summary(s: dict) -> None:
   ev = s.get("eval") or {}
   if ev:
     domains = sorted(next(iter(ev.values())))
-    print(f"{'held-out loss':<16}" + "".join(f"{d:>12}" for d in domains) + f"{'mean':>10}")
+    w = [max(9, len(d) + 2) for d in domains]
+    print(f"{'held-out loss':<16}" + "".join(f"{d:>{n}}" for d, n in zip(domains, w)) +
+          f"{'mean':>9}")
     for name, losses in ev.items():
       vals = [losses[d] for d in domains]
       mean = sum(vals) / len(vals)
-      print(f"{name:<16}" + "".join(f"{v:>12.3f}" for v in vals) + f"{mean:>10.3f}")
+      print(f"{name:<16}" + "".join(f"{v:>{n}.3f}" for v, n in zip(vals, w)) + f"{mean:>9.3f}")
   tps = s.get("tokens_per_s") or {}
   if tps:
     print("tokens/s: " + ", ".join(f"{k} {v:,.0f}" for k, v in tps.items()))
