@@ -103,8 +103,26 @@ def base_config() -> mlc.ConfigDict:
   c.prune.target_warmup_steps = 640
   c.prune.target = mlc.ConfigDict({"num_layers": 0, "num_heads": 0, "num_kv_heads": 0,
                                    "hidden_size": 0, "intermediate_size": 0})
+  # One-shot methods (prune.method != learned).
+  c.prune.layerchop_layout = "max_gap"   # max_gap | input | output | middle | both
+  c.prune.layerchop_width = "importance"  # layerchop: how widths shrink (importance |
+                                          # magnitude | random | none: depth only)
+  c.prune.calib_rows = 32       # importance: first N training rows of every domain
+  c.prune.calib_batch = 8       # importance: rows per scoring forward
   c.continued = train_block(steps=48000, batch_size=256, lr=1e-4, warmup_steps=1440,
                             reweight_every=400)
   c.pretrain = train_block()
+
+  # Distillation during the continue stage (jshear/distill.py).
+  c.distill = mlc.ConfigDict()
+  c.distill.enable = False
+  c.distill.teachers = ""       # comma-separated model dirs; "" = the unpruned source
+  c.distill.weight = 1.0        # weight of T^2 * KL(teacher || student)
+  c.distill.lm_weight = 1.0     # weight of the LM loss while distilling (1 after)
+  c.distill.temperature = 1.0
+  c.distill.first_fraction = 1.0  # distill only during the first X of the continue steps
+  c.distill.hidden_layers = ""  # student layers whose residual stream is matched: "3,7"
+                                # or student:teacher pairs "3:5,7:11"; "" = logits only
+  c.distill.hidden_weight = 1.0
   c.export = mlc.ConfigDict({"dtype": ""})  # "" keeps the params' dtype
   return c

@@ -161,9 +161,10 @@ def restore_final_state(ctx: Context, name: str, block, model_cfg: ModelConfig,
 
 
 def train_stage(ctx: Context, name: str, block, model_cfg: ModelConfig, params_host,
-                prune: PruneSpec | None = None):
+                prune: PruneSpec | None = None, distill=None):
   """Trains `params_host` (numpy, or None when a checkpoint exists) for `block.steps`.
-  Returns (model_cfg, final train state, prune state or None)."""
+  `distill`: a `jshear.distill.Setup` (teachers run inside the step, sharded like the
+  student). Returns (final train state, evaluator)."""
   cfg, mesh = ctx.cfg, ctx.mesh
   shd.validate_layout(mesh, block.batch_size, block.grad_accum, model_cfg.num_heads)
   if block.batch_size % jax.process_count():
@@ -193,6 +194,11 @@ def train_stage(ctx: Context, name: str, block, model_cfg: ModelConfig, params_h
                         shardings["params"])
     state = jax.jit(make_state, out_shardings=shardings)(params, prune_state)
   params_host = None
+  teachers, in_shardings = (), (shardings, shd.batch_sharding(mesh))
+  if distill is not None:
+    from jshear.distill import put_teachers
+    arrays, t_sh = put_teachers(distill, mesh, cfg.model.param_dtype)
+    teachers, in_shardings = (arrays,), in_shardings + (t_sh,)
 
   step_fn = jax.jit(
       make_train_step(model_cfg, optimizer, grad_accum=block.grad_accum,
@@ -200,8 +206,9 @@ def train_stage(ctx: Context, name: str, block, model_cfg: ModelConfig, params_h
                       prune_warmup_steps=prune.warmup_steps if prune else 0,
                       micro_sharding=lambda nd: jax.sharding.NamedSharding(
                           mesh, jax.sharding.PartitionSpec(None, ("data", "fsdp"),
-                                                           *([None] * (nd - 2))))),
-      in_shardings=(shardings, shd.batch_sharding(mesh)),
+                                                           *([None] * (nd - 2)))),
+                      distill=distill.distiller if distill is not None else None),
+      in_shardings=in_shardings,
       out_shardings=(shardings, shd.replicated(mesh)), donate_argnums=0)
 
   masks_for_eval = (lambda st: eval_masks(st["prune"])) if prune else (lambda st: None)
@@ -228,7 +235,7 @@ def train_stage(ctx: Context, name: str, block, model_cfg: ModelConfig, params_h
     batch = loader.next_batch()
     domain_rows = np.bincount(batch.pop("domain"), minlength=len(domains))
     t0 = time.time()
-    state, metrics = step_fn(state, shd.host_local_batch_to_global(batch, mesh))
+    state, metrics = step_fn(state, shd.host_local_batch_to_global(batch, mesh), *teachers)
     if compile_s is None:
       jax.block_until_ready(metrics["loss"])
       compile_s = time.time() - t0

@@ -24,17 +24,19 @@ from jshear.config_base import STAGES
 from jshear.errors import JShearError
 from jshear.metrics import MetricsWriter
 from jshear.model.config import ModelConfig
+from jshear.model.masks import mask_shapes
 from jshear.model.params import count_params, init_params
 from jshear.prune.deterministic import deterministic_masks
 from jshear.prune.finalize import finalize
-from jshear.prune.targets import TargetShape, validate_target
+from jshear.prune.targets import TargetShape, target_config, validate_target
 from jshear.train.loop import Context, PruneSpec, restore_final_state, train_stage
 
 _log = logging.getLogger(__name__)
 # Keys that may differ between invocations on one workdir (everything else must match).
 _RESUMABLE_KEYS = ("stages", "overwrite", "init_from")
 # Ways to choose masks; every one ends in the same finalize (fold + slice).
-PRUNE_METHODS = ("learned", "magnitude", "random")
+PRUNE_METHODS = ("learned", "magnitude", "random", "importance", "layerchop")
+_WIDTH_METHODS = ("importance", "magnitude", "random", "none")  # prune.layerchop_width
 
 
 def parse_stages(text) -> list[str]:
@@ -124,12 +126,25 @@ def resolve_data(cfg, tokenizer_dir: str | None) -> str:
 
 # ---- the run ------------------------------------------------------------------------
 
+def _fill_defaults(old: dict, defaults: dict) -> dict:
+  """`old` with keys added to the defaults since it was written (so new config fields at
+  their default values do not make an older workdir look like another run)."""
+  out = dict(old)
+  for k, v in defaults.items():
+    if k not in out:
+      out[k] = v
+    elif isinstance(v, dict) and isinstance(out[k], dict):
+      out[k] = _fill_defaults(out[k], v)
+  return out
+
+
 def check_workdir_config(cfg, workdir: str) -> None:
+  from jshear.config_base import base_config
   path = os.path.join(workdir, "config.json")
   mine = json.loads(cfg.to_json_best_effort())
   if os.path.exists(path):
     with open(path) as f:
-      old = json.load(f)
+      old = _fill_defaults(json.load(f), json.loads(base_config().to_json_best_effort()))
     diff = sorted(k for k in set(old) | set(mine)
                   if k not in _RESUMABLE_KEYS and old.get(k) != mine.get(k))
     if diff and not cfg.overwrite:
@@ -150,6 +165,19 @@ def prune_spec(cfg, src: ModelConfig) -> PruneSpec:
   if cfg.prune.method not in PRUNE_METHODS:
     raise JShearError(f"config.prune.method={cfg.prune.method!r} (known: {list(PRUNE_METHODS)})")
   validate_target(src, target, groups)
+  if cfg.prune.method == "layerchop":
+    from jshear.prune import layerchop
+    layerchop.dropped_layers(src.num_layers, target.num_layers, cfg.prune.layerchop_layout)
+    width = cfg.prune.layerchop_width
+    if width not in _WIDTH_METHODS:
+      raise JShearError(f"config.prune.layerchop_width={width!r} (known: {list(_WIDTH_METHODS)})")
+    narrower = [f for f in ("num_heads", "num_kv_heads", "hidden_size", "intermediate_size")
+                if getattr(target, f) < getattr(src, f)]
+    if width == "none" and narrower:
+      raise JShearError(f"config.prune.layerchop_width='none' prunes depth only, but the target "
+                        f"is narrower than the source in {narrower}; set layerchop_width to "
+                        f"importance, magnitude or random, or keep those target fields at the "
+                        f"source's values")
   return PruneSpec(target, groups, cfg.prune.constraint, cfg.prune.target_warmup_steps)
 
 
@@ -164,12 +192,45 @@ def _mark_done(workdir, stage, info: dict):
       json.dump(info, f, indent=2)
 
 
-def one_shot_masks(cfg, mcfg: ModelConfig, params, spec: PruneSpec) -> dict:
-  from jshear.prune import baselines
-  if cfg.prune.method == "magnitude":
-    scores = baselines.magnitude_scores(mcfg, params, spec.groups)
+def one_shot_masks(cfg, mcfg: ModelConfig, params, spec: PruneSpec, *, workdir=None,
+                   data_dir=None, mesh=None) -> dict:
+  """0/1 masks of a one-shot method. `importance` (and layerchop's widths by importance)
+  scores calibration rows from `data_dir` and caches them in WORKDIR/scores.npz."""
+  from jshear.prune import baselines, layerchop
+
+  def scores_by(method, groups):
+    if not groups:
+      return {}
+    if method == "magnitude":
+      return baselines.magnitude_scores(mcfg, params, groups)
+    if method == "random":
+      return baselines.random_scores(mcfg, groups, cfg.seed)
+    if method == "importance":
+      from jshear.prune import importance
+      if not data_dir:
+        raise JShearError("prune.method importance needs calibration data (config.data)")
+      path = os.path.join(workdir, "scores.npz") if workdir else None
+      if path:
+        s = importance.cached_scores(path, mcfg, params, data_dir, cfg.prune.calib_rows,
+                                     cfg.prune.calib_batch, mesh)
+      else:
+        s = importance.compute_scores(mcfg, params, importance.calibration_rows(
+            data_dir, cfg.prune.calib_rows), cfg.prune.calib_batch, mesh)
+      return {g: s[g] for g in groups}
+    raise AssertionError(method)
+
+  method = cfg.prune.method
+  if method == "layerchop":
+    width = tuple(g for g in spec.groups if g != "layer")
+    wmethod = cfg.prune.layerchop_width
+    scores = {} if wmethod == "none" else scores_by(wmethod, width)
+    if wmethod == "none":  # nothing narrower (checked in prune_spec): keep every unit
+      scores = {g: np.ones(mask_shapes(mcfg)[g], np.float32) for g in width}
+    if "layer" in spec.groups:
+      scores["layer"] = layerchop.layer_scores(mcfg.num_layers, spec.target.num_layers,
+                                               cfg.prune.layerchop_layout)
   else:
-    scores = baselines.random_scores(mcfg, spec.groups, cfg.seed)
+    scores = scores_by(method, spec.groups)
   return baselines.masks_from_scores(mcfg, scores, spec.target)
 
 
@@ -234,6 +295,9 @@ def _run_stages(cfg, workdir, stages, mesh, writer) -> dict:
   data_dir = None
   if any(s in stages for s in ("pretrain", "prune", "continue")):
     data_dir = resolve_data(cfg, tok)
+  if cfg.distill.enable and "continue" in stages:
+    _check_distill(cfg, mcfg if spec is None else target_config(mcfg, spec.target),
+                   mcfg if params is not None else None)
   ctx = Context(cfg=cfg, workdir=workdir, mesh=mesh, writer=writer, data_dir=data_dir)
   out["source_params"] = count_params(params) if params is not None else None
   source = (mcfg, params)
@@ -254,7 +318,8 @@ def _run_stages(cfg, workdir, stages, mesh, writer) -> dict:
       state, _ = train_stage(ctx, "prune", cfg.prune, mcfg, params, spec)
       save_mask_artefacts(workdir, jax.tree.map(shd.to_host, state["prune"]), mcfg, spec)
     elif stage == "prune":
-      save_mask_artefacts(workdir, None, mcfg, spec, one_shot_masks(cfg, mcfg, params, spec))
+      save_mask_artefacts(workdir, None, mcfg, spec, one_shot_masks(
+          cfg, mcfg, params, spec, workdir=workdir, data_dir=data_dir, mesh=mesh))
     elif stage == "finalize":
       masks_path = os.path.join(workdir, "masks", "masks.npz")
       if not os.path.exists(masks_path):
@@ -271,7 +336,9 @@ def _run_stages(cfg, workdir, stages, mesh, writer) -> dict:
       save_dir(os.path.join(workdir, "pruned"), mcfg, params, tok)
       out["pruned_params"] = count_params(params)
     elif stage == "continue":
-      state, _ = train_stage(ctx, "continue", cfg.continued, mcfg, params)
+      setup = _distill_setup(cfg, workdir, mcfg, source) if cfg.distill.enable else None
+      state, _ = train_stage(ctx, "continue", cfg.continued, mcfg, params, distill=setup)
+      setup = None
       save_dir(os.path.join(workdir, "continued"), mcfg, state["params"], tok)
       params = gather_params(state["params"])
     elif stage == "export":
@@ -298,6 +365,61 @@ def _run_stages(cfg, workdir, stages, mesh, writer) -> dict:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(out, f, indent=2)
   return out
+
+
+def _distill_setup(cfg, workdir: str, student: ModelConfig, source):
+  """Teachers for the continue stage: distill.teachers, "" or "source" = the unpruned source
+  (the model this run started from). The pruning's 0/1 masks, when this run pruned, relate
+  the student's layers and hidden channels to the source's (for hidden-state matching)."""
+  from jshear import distill
+  teachers = []
+  for item in distill.teacher_paths(cfg.distill.teachers):
+    if item == "source":
+      tcfg, tparams = source
+      if tparams is None:
+        raise JShearError("distill.teachers: the source teacher needs a source model "
+                          "(this run pretrains from scratch); name teacher dirs instead")
+      teachers.append(("source", tcfg, tparams, True))
+    else:
+      tcfg, tparams, _ = load_any(resolve_source(item), cfg)
+      teachers.append((item, tcfg, tparams, False))
+  kept_layers = kept_hidden = None
+  path = os.path.join(workdir, "masks", "binary_masks.npz")
+  if os.path.exists(path):
+    with np.load(path) as f:
+      if "layer" in f.files:
+        kept_layers = np.nonzero(f["layer"])[0]
+      if "hidden" in f.files:
+        kept_hidden = np.nonzero(f["hidden"])[0]
+  return distill.build_setup(cfg.distill, student, teachers, steps=cfg.continued.steps,
+                             seed=cfg.seed * 1000 + 5, compute_dtype=_compute_dtype(cfg),
+                             kept_layers=kept_layers, kept_hidden=kept_hidden)
+
+
+def _model_config(path: str) -> ModelConfig:
+  """A jshear or HF model dir's config, without reading weights."""
+  if os.path.exists(os.path.join(path, "model_config.json")):
+    return model_io.load_config(path)
+  return ModelConfig.from_hf_dir(path)
+
+
+def _check_distill(cfg, student: ModelConfig, source: ModelConfig | None) -> None:
+  from jshear import distill
+  teachers = []
+  for item in distill.teacher_paths(cfg.distill.teachers):
+    if item == "source":
+      if source is None:
+        raise JShearError("distill.teachers: the source teacher needs a source model "
+                          "(this run pretrains from scratch); name teacher dirs instead")
+      teachers.append(("source", source, True))
+    else:
+      teachers.append((item, _model_config(resolve_source(item)), False))
+  distill.validate_config(cfg.distill, student, teachers, steps=cfg.continued.steps)
+
+
+def _compute_dtype(cfg):
+  name = cfg.model.compute_dtype
+  return None if name in ("", "float32", None) else jax.numpy.dtype(name)
 
 
 def _eval_domains(data_dir):

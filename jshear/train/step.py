@@ -4,7 +4,8 @@ State is a plain dict pytree:
   step, params, opt_state, rng (raw key data), skipped, bad_streak, and `prune` (a
   PruneState) only in the pruning stage.
 Loss = LM loss (+ the Lagrangian when `prune` is present) (+ any extra loss terms a stage
-plugs in, e.g. distillation). Gradients are accumulated over micro-batches with `lax.scan`;
+plugs in) (+ distillation from teachers passed as the step's third argument, see
+`jshear.distill`). Gradients are accumulated over micro-batches with `lax.scan`;
 a non-finite loss or gradient leaves the state unchanged and is counted.
 """
 
@@ -55,23 +56,31 @@ def split_micro(batch: dict, n: int, micro_sharding=None) -> dict:
 
 def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, *,
                     grad_accum: int = 1, compute_dtype=None, prune_warmup_steps: int = 0,
-                    extra_losses: Sequence[LossTerm] = (), micro_sharding=None):
+                    extra_losses: Sequence[LossTerm] = (), micro_sharding=None, distill=None):
   """Returns step(state, batch) -> (state, metrics). Batch: tokens, segment_ids, positions
-  [B, T] (domain etc. are ignored)."""
+  [B, T] (domain etc. are ignored). With `distill` (a `jshear.distill.Distiller`) the step
+  is step(state, batch, teachers), teachers a list of teacher param trees."""
 
-  def micro_loss(trainable, mb, step, mask_rng, total_tokens):
+  def micro_loss(trainable, mb, step, mask_rng, total_tokens, teachers):
     masks = sample_masks(trainable["prune"], mask_rng, step) if "prune" in trainable else None
-    logits = forward(trainable["params"], mb["tokens"], masks, cfg=cfg,
-                     positions=mb.get("positions"), segment_ids=mb.get("segment_ids"),
-                     compute_dtype=compute_dtype)
+    want_hidden = distill is not None and distill.needs_hidden
+    out = forward(trainable["params"], mb["tokens"], masks, cfg=cfg,
+                  positions=mb.get("positions"), segment_ids=mb.get("segment_ids"),
+                  compute_dtype=compute_dtype, return_hidden=want_hidden)
+    logits, hidden = out if want_hidden else (out, None)
     nll, _ = nll_sum(logits, mb)
     loss, metrics = nll / total_tokens, {}
+    if distill is not None:  # the LM weight may differ while distilling
+      loss = distill.lm_weight_at(step) * loss
     for term in extra_losses:
       extra, m = term(trainable["params"], mb, logits, step)
       loss, metrics = loss + extra / grad_accum, {**metrics, **m}
+    if distill is not None:
+      extra, m = distill.loss(teachers, mb, logits, hidden, step, total_tokens, grad_accum)
+      loss, metrics = loss + extra, {**metrics, **m}
     return loss, (nll, metrics)
 
-  def step_fn(state, batch):
+  def step_fn(state, batch, teachers=None):
     step, trainable = state["step"], _trainable(state)
     mask_rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), 1)
     batch = {k: batch[k] for k in ("tokens", "segment_ids", "positions") if k in batch}
@@ -82,7 +91,7 @@ def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, *
 
     def accumulate(carry, mb):
       g_acc, nll_acc = carry
-      (_, (nll, m)), g = grad_fn(trainable, mb, step, mask_rng, total_tokens)
+      (_, (nll, m)), g = grad_fn(trainable, mb, step, mask_rng, total_tokens, teachers)
       return (jax.tree.map(jnp.add, g_acc, g), nll_acc + nll), m
 
     zeros = jax.tree.map(jnp.zeros_like, trainable)

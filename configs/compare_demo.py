@@ -1,0 +1,35 @@
+"""Ways to shrink, side by side: SmolLM2-135M -> the demo target (20 layers, 6 heads / 2 KV
+heads, hidden 384, intermediate 1024) by learned masks, one-shot activation importance,
+LayerCHOP (depth by layout, widths by importance), weight magnitude and random masks, each
+followed by the same small continued-pretraining budget on the local corpus.
+
+  python -m jshear.compare --config=configs/compare_demo.py --workdir=runs/compare
+  python -m jshear.compare --config=configs/compare_demo.py --workdir=runs/layouts \
+      --config.compare.methods=layerchop:max_gap,layerchop:input,layerchop:output
+
+Budgets are demo-sized (tens of steps): the table shows the machinery and the ordering right
+after recovery starts, not converged quality. Raise continued.steps for a real comparison.
+"""
+
+import ml_collections as mlc
+
+from configs import demo
+
+
+def get_config():
+  c = demo.get_config()
+  c.stages = "prune,finalize,continue,export"
+  c.compare = mlc.ConfigDict({"methods": "learned,importance,layerchop,magnitude,random"})
+
+  p = c.prune                     # learned masks only; one-shot methods skip the training
+  p.steps, p.batch_size, p.warmup_steps, p.target_warmup_steps = 30, 4, 3, 10
+  p.calib_rows = 16               # importance: 16 rows per domain
+  p.calib_batch = 4
+  p.layerchop_layout = "max_gap"
+  p.layerchop_width = "importance"
+
+  k = c.continued                 # the same budget for every method
+  k.steps, k.batch_size, k.lr, k.warmup_steps = 30, 4, 3e-4, 3
+  k.log_every, k.eval_every, k.eval_batches, k.ckpt_every = 5, 0, 2, 30
+  k.reweight_rule = "constant"    # same data mixture for every method
+  return c

@@ -1,0 +1,96 @@
+"""`jshear.compare` on the tiny world: two methods to one target with equal continued
+pretraining, the report files, reuse of finished runs, and config errors up front."""
+
+import json
+import os
+import subprocess
+import sys
+
+import ml_collections as mlc
+import pytest
+
+import tiny_world
+from jshear import compare
+from jshear.errors import JShearError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(world, methods):
+  c = tiny_world.config(world)
+  c.compare = mlc.ConfigDict({"methods": methods})
+  c.stages = "prune,finalize,continue,export"
+  k = c.continued
+  k.steps, k.eval_every, k.ckpt_every, k.log_every, k.reweight_rule = 2, 0, 2, 1, "constant"
+  c.prune.layerchop_width = "magnitude"  # importance has its own tests; keep this one quick
+  return c
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+  return tiny_world.build(tmp_path_factory.mktemp("world"))
+
+
+def test_compare_two_methods(world, tmp_path):
+  cfg = _config(world, "magnitude,layerchop:input")
+  res = compare.compare(cfg, str(tmp_path))
+  assert list(res["methods"]) == ["magnitude", "layerchop-input"]
+  for name, r in res["methods"].items():
+    assert r["shape"] == {"num_layers": 3, "num_heads": 2, "num_kv_heads": 1, "hidden_size": 32,
+                          "intermediate_size": 48}, name
+    assert set(r["eval"]) == {"code", "legal", "misc"} and r["mean_loss"] > 0
+    assert r["continue_tokens"] == 2 * 8 * tiny_world.SEQ and r["prune_tokens"] == 0
+    assert r["wall_s"] > 0 and os.path.isdir(r["hf_dir"])
+  # Both methods pruned the same source to the same size: equal parameter counts.
+  assert len({r["params"] for r in res["methods"].values()}) == 1
+  assert res["source"]["mean_loss"] > 0
+  with open(tmp_path / "compare.json") as f:
+    assert json.load(f)["methods"]["layerchop-input"]["layout"] == "input"
+  md = (tmp_path / "compare.md").read_text()
+  assert "| layerchop-input |" in md and "| source |" in md
+  assert res["plot"] == (tmp_path / "compare.png").exists()
+
+  # The CLI reuses finished runs (no training: fast) and writes the same table.
+  cfg_path = tmp_path / "cmp.py"
+  cfg_path.write_text(
+      f"import sys\nsys.path.insert(0, {os.path.join(REPO, 'tests')!r})\n"
+      "import ml_collections as mlc\nimport test_compare\n"
+      f"def get_config():\n  return test_compare._config({dict(world)!r}, "
+      "'magnitude,layerchop:input')\n")
+  r = subprocess.run([sys.executable, "-m", "jshear.compare", f"--config={cfg_path}",
+                      f"--workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True,
+                     env=dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.path.join(REPO, "tests")))
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "| layerchop-input |" in r.stdout
+  with open(tmp_path / "compare.json") as f:
+    again = json.load(f)
+  assert again["methods"]["magnitude"]["eval"] == res["methods"]["magnitude"]["eval"]
+
+
+@pytest.mark.parametrize("methods,pattern", [
+    ("importance,pruning", "unknown method 'pruning'"),
+    ("magnitude:input", "only layerchop takes"),
+    ("layerchop:sides", "unknown layout"),
+    ("random,random", "twice"),
+    ("", "empty"),
+])
+def test_bad_method_lists(methods, pattern):
+  with pytest.raises(JShearError, match=pattern):
+    compare.parse_methods(methods)
+
+
+def test_bad_target_fails_before_any_run(world, tmp_path):
+  cfg = _config(world, "random,layerchop")
+  cfg.prune.target.num_layers = 1  # random could do it; layerchop cannot keep first and last
+  with pytest.raises(JShearError, match="at least 2 layers"):
+    compare.compare(cfg, str(tmp_path))
+  assert not os.path.exists(tmp_path / "random")
+
+
+def test_demo_config_is_valid():
+  from configs import compare_demo
+  cfg = compare_demo.get_config()
+  names = [n for n, _, _ in compare.parse_methods(cfg.compare.methods)]
+  assert names == ["learned", "importance", "layerchop", "magnitude", "random"]
+  c = compare.method_config(cfg, "layerchop", "both")
+  assert "compare" not in c and c.prune.layerchop_layout == "both" and c.final_eval
