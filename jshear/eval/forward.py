@@ -1,0 +1,156 @@
+"""A second forward pass for inference: explicit attention masks and an optional KV cache.
+
+`jshear.model.transformer.forward` is the training forward (causal, packed by segment ids).
+Inference needs two things it does not have:
+  * an arbitrary boolean attention mask [B, T, S] (prefix-shared multiple-choice scoring:
+    several continuations attend to one copy of their context but not to each other), and
+  * a KV cache with fixed-size buffers (prefill, then one token per step) for generation.
+
+Both block families are implemented from the same building blocks (`jshear.model.layers`,
+per-layer structural masks from `jshear.model.masks.per_layer_masks`), and tests check the
+result equals `forward` on causal inputs, with and without masks.
+
+  hidden, cache = forward_cached(params, tokens, positions, attn_mask, cfg=cfg,
+                                 masks=None, cache=None, cache_index=None)
+  logits = lm_head(params, hidden, cfg=cfg, masks=masks)
+
+cache = {"k": [L, B, S, KV, Dh], "v": [L, B, S, KV, Dh]} (see `init_cache`); new keys and
+values are written at `cache_index` (a scalar, same for every row), and attn_mask then spans
+all S cache slots. Without a cache, attn_mask is [B, T, T].
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jshear.model import layers as L
+from jshear.model.config import ModelConfig
+from jshear.model.masks import per_layer_masks, validate_masks
+from jshear.model.params import fused_in_sizes
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=jnp.float32) -> dict:
+  shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def _scale_last(x, scale):
+  return x if scale is None else x * scale.astype(x.dtype)
+
+
+def _attend(q, k, v, lk, lv, attn_mask, cache_index):
+  """Write k/v into this layer's cache slice (if any) and attend with the explicit mask."""
+  if lk is not None:
+    idx = (0, cache_index, 0, 0)
+    lk = jax.lax.dynamic_update_slice(lk, k.astype(lk.dtype), idx)
+    lv = jax.lax.dynamic_update_slice(lv, v.astype(lv.dtype), idx)
+    k, v = lk.astype(q.dtype), lv.astype(q.dtype)
+  ctx = jax.nn.dot_product_attention(q, k, v, mask=attn_mask[:, None], implementation="xla")
+  return ctx, lk, lv
+
+
+def _head_scale(ctx, lm):
+  s = lm.get("head_scale")
+  return ctx if s is None else ctx * s.astype(ctx.dtype)[None, None, :, None]
+
+
+def _llama_block(cfg, x, lp, lm, hidden, rope, attn_mask, lk, lv, cache_index):
+  cos, sin = rope
+  h = L.rms_norm(x, lp["attn_norm"], cfg.norm_eps, hidden)
+  q = jnp.einsum("btd,dhk->bthk", h, lp["wq"])
+  k = jnp.einsum("btd,dhk->bthk", h, lp["wk"])
+  v = jnp.einsum("btd,dhk->bthk", h, lp["wv"])
+  q, k = L.apply_rope(q, cos, sin, False), L.apply_rope(k, cos, sin, False)
+  ctx, lk, lv = _attend(q, k, v, lk, lv, attn_mask, cache_index)
+  ctx = _head_scale(ctx, lm)
+  x = x + _scale_last(jnp.einsum("bthk,hkd->btd", ctx, lp["wo"]), hidden)
+  h = L.rms_norm(x, lp["mlp_norm"], cfg.norm_eps, hidden)
+  act = _scale_last(L.swiglu(h @ lp["w_gate"], h @ lp["w_up"]), lm.get("inter_scale"))
+  return x + _scale_last(act @ lp["w_down"], hidden), lk, lv
+
+
+def _parallel_block(cfg, x, lp, lm, hidden, rope, attn_mask, lk, lv, cache_index):
+  cos, sin = rope
+  B, T, _ = x.shape
+  H, KV, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  h = L.layer_norm(x, lp["norm"], cfg.norm_eps, hidden)
+  sizes = [n for _, n in fused_in_sizes(cfg)]
+  splits = [sum(sizes[:i + 1]) for i in range(len(sizes) - 1)]
+  q, k, v, gate, up = jnp.split(h @ lp["w_in"], splits, axis=-1)
+  q, k, v = q.reshape(B, T, H, Dh), k.reshape(B, T, KV, Dh), v.reshape(B, T, KV, Dh)
+  if cfg.qk_norm:
+    q = L.layer_norm(q, lp["q_norm"], cfg.norm_eps)
+    k = L.layer_norm(k, lp["k_norm"], cfg.norm_eps)
+  q, k = L.apply_rope(q, cos, sin, True), L.apply_rope(k, cos, sin, True)
+  ctx, lk, lv = _attend(q, k, v, lk, lv, attn_mask, cache_index)
+  ctx = _head_scale(ctx, lm).reshape(B, T, H * Dh)
+  act = _scale_last(L.swiglu(gate, up), lm.get("inter_scale"))
+  out = jnp.concatenate([ctx, act], axis=-1) @ lp["w_out"]
+  return x + _scale_last(out, hidden), lk, lv
+
+
+def forward_cached(params, tokens, positions, attn_mask, *, cfg: ModelConfig, masks=None,
+                   cache=None, cache_index=None, compute_dtype=None):
+  """Residual stream after the last layer [B, T, D] (before the final norm), and the updated
+  cache (None without one). attn_mask: bool [B, T, S], True = may attend."""
+  validate_masks(cfg, masks)
+  masks = masks or {}
+  if compute_dtype is not None:
+    params = jax.tree.map(lambda p: p.astype(compute_dtype), params)
+  hidden = masks.get("hidden")
+  dtype = params["embed"].dtype
+  x = _scale_last(jnp.take(params["embed"], tokens, axis=0), hidden)
+  rope = L.rope_cos_sin(cfg, positions)
+  block = _llama_block if cfg.family == "llama" else _parallel_block
+  layer_masks = per_layer_masks(cfg, masks)
+  if cache_index is None:
+    cache_index = jnp.int32(0)
+
+  def body(x, xs):
+    lp, lm, lk, lv = xs
+    x, lk, lv = block(cfg, x, lp, lm, hidden, rope, attn_mask, lk, lv, cache_index)
+    return x.astype(dtype), (lk, lv)
+
+  ks, vs = (cache["k"], cache["v"]) if cache is not None else (None, None)
+  if cfg.scan_layers:
+    x, (ks, vs) = jax.lax.scan(body, x, (params["layers"], layer_masks, ks, vs))
+  else:
+    outs = []
+    for i in range(cfg.num_layers):
+      pick = lambda a: None if a is None else a[i]
+      x, kv = body(x, jax.tree.map(lambda a: a[i], (params["layers"], layer_masks))
+                   + (pick(ks), pick(vs)))
+      outs.append(kv)
+    if cache is not None:
+      ks = jnp.stack([o[0] for o in outs])
+      vs = jnp.stack([o[1] for o in outs])
+  new_cache = None if cache is None else {"k": ks, "v": vs}
+  return x, new_cache
+
+
+def lm_head(params, h, *, cfg: ModelConfig, masks=None, compute_dtype=None):
+  """Final norm + output projection (as `forward` ends) on hidden states h [..., D] -> fp32
+  logits [..., V]."""
+  hidden = (masks or {}).get("hidden")
+  norm_w = params["final_norm"]
+  head = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
+  if compute_dtype is not None:
+    norm_w, head = norm_w.astype(compute_dtype), head.astype(compute_dtype)
+  norm = L.rms_norm if cfg.family == "llama" else L.layer_norm
+  x = norm(h, norm_w, cfg.norm_eps, hidden)
+  logits = jnp.einsum("...d,dv->...v", x, head, preferred_element_type=jnp.float32)
+  if cfg.logit_scale != 1.0:
+    logits = logits * cfg.logit_scale
+  return logits
+
+
+def tree_mask(doc_ids, branch_ids):
+  """Prefix-shared packing mask [B, T, T]: token q sees token k <= q of the same document
+  (doc id > 0) that is either context (branch 0) or in q's own branch."""
+  T = doc_ids.shape[1]
+  causal = jnp.arange(T)[None, :] <= jnp.arange(T)[:, None]
+  same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]
+  kb = branch_ids[:, None, :]
+  branch_ok = (kb == 0) | (kb == branch_ids[:, :, None])
+  return causal[None] & same_doc & branch_ok
