@@ -2,7 +2,6 @@
 # creates .venv, installs the pins and fetches/caches assets (a second run does nothing).
 PY := .venv/bin/python
 STAMP := .venv/.installed-$(shell sha1sum requirements.txt | cut -c1-12)
-export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 
@@ -18,8 +17,9 @@ $(STAMP): requirements.txt
 assets: $(STAMP)
 	$(PY) -m jshear.assets fetch
 
+# Tests run with 8 fake CPU devices so sharded code paths are exercised (tests/conftest.py).
 test: setup
-	$(PY) -m pytest tests
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest tests
 
 demo: setup
 	$(PY) -m jshear.train --config=configs/demo.py --workdir=runs/demo
