@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jshear.model import layers as L
 from jshear.model.config import ModelConfig
 from jshear.model.masks import per_layer_masks, validate_masks
-from jshear.model.params import fused_in_sizes
+from jshear.model.transformer import block_fn
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=jnp.float32) -> dict:
@@ -50,46 +50,6 @@ def _attend(q, k, v, lk, lv, attn_mask, cache_index):
   return ctx, lk, lv
 
 
-def _head_scale(ctx, lm):
-  s = lm.get("head_scale")
-  return ctx if s is None else ctx * s.astype(ctx.dtype)[None, None, :, None]
-
-
-def _llama_block(cfg, x, lp, lm, hidden, rope, attn_mask, lk, lv, cache_index):
-  cos, sin = rope
-  h = L.rms_norm(x, lp["attn_norm"], cfg.norm_eps, hidden)
-  q = jnp.einsum("btd,dhk->bthk", h, lp["wq"])
-  k = jnp.einsum("btd,dhk->bthk", h, lp["wk"])
-  v = jnp.einsum("btd,dhk->bthk", h, lp["wv"])
-  q, k = L.apply_rope(q, cos, sin, False), L.apply_rope(k, cos, sin, False)
-  ctx, lk, lv = _attend(q, k, v, lk, lv, attn_mask, cache_index)
-  ctx = _head_scale(ctx, lm)
-  x = x + _scale_last(jnp.einsum("bthk,hkd->btd", ctx, lp["wo"]), hidden)
-  h = L.rms_norm(x, lp["mlp_norm"], cfg.norm_eps, hidden)
-  act = _scale_last(L.swiglu(h @ lp["w_gate"], h @ lp["w_up"]), lm.get("inter_scale"))
-  return x + _scale_last(act @ lp["w_down"], hidden), lk, lv
-
-
-def _parallel_block(cfg, x, lp, lm, hidden, rope, attn_mask, lk, lv, cache_index):
-  cos, sin = rope
-  B, T, _ = x.shape
-  H, KV, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-  h = L.layer_norm(x, lp["norm"], cfg.norm_eps, hidden)
-  sizes = [n for _, n in fused_in_sizes(cfg)]
-  splits = [sum(sizes[:i + 1]) for i in range(len(sizes) - 1)]
-  q, k, v, gate, up = jnp.split(h @ lp["w_in"], splits, axis=-1)
-  q, k, v = q.reshape(B, T, H, Dh), k.reshape(B, T, KV, Dh), v.reshape(B, T, KV, Dh)
-  if cfg.qk_norm:
-    q = L.layer_norm(q, lp["q_norm"], cfg.norm_eps)
-    k = L.layer_norm(k, lp["k_norm"], cfg.norm_eps)
-  q, k = L.apply_rope(q, cos, sin, True), L.apply_rope(k, cos, sin, True)
-  ctx, lk, lv = _attend(q, k, v, lk, lv, attn_mask, cache_index)
-  ctx = _head_scale(ctx, lm).reshape(B, T, H * Dh)
-  act = _scale_last(L.swiglu(gate, up), lm.get("inter_scale"))
-  out = jnp.concatenate([ctx, act], axis=-1) @ lp["w_out"]
-  return x + _scale_last(out, hidden), lk, lv
-
-
 def forward_cached(params, tokens, positions, attn_mask, *, cfg: ModelConfig, masks=None,
                    cache=None, cache_index=None, compute_dtype=None):
   """Residual stream after the last layer [B, T, D] (before the final norm), and the updated
@@ -102,14 +62,19 @@ def forward_cached(params, tokens, positions, attn_mask, *, cfg: ModelConfig, ma
   dtype = params["embed"].dtype
   x = _scale_last(jnp.take(params["embed"], tokens, axis=0), hidden)
   rope = L.rope_cos_sin(cfg, positions)
-  block = _llama_block if cfg.family == "llama" else _parallel_block
+  block = block_fn(cfg)
   layer_masks = per_layer_masks(cfg, masks)
   if cache_index is None:
     cache_index = jnp.int32(0)
 
   def body(x, xs):
     lp, lm, lk, lv = xs
-    x, lk, lv = block(cfg, x, lp, lm, hidden, rope, attn_mask, lk, lv, cache_index)
+
+    def attend(q, k, v):
+      ctx, new_k, new_v = _attend(q, k, v, lk, lv, attn_mask, cache_index)
+      return ctx, (new_k, new_v)
+
+    x, _, (lk, lv) = block(cfg, x, lp, lm, hidden, rope, attend)
     return x.astype(dtype), (lk, lv)
 
   ks, vs = (cache["k"], cache["v"]) if cache is not None else (None, None)

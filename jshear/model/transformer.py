@@ -31,20 +31,24 @@ def _scale_last(x, scale):
   return x if scale is None else x * scale.astype(x.dtype)
 
 
-def _llama_block(cfg, x, lp, lm, hidden, rope, segment_ids):
+def llama_block(cfg, x, lp, lm, hidden, rope, attend):
+  """One sequential block. `attend(q, k, v) -> (ctx, extra)` does the attention (training,
+  KV-cache decoding and importance scoring differ only there). Returns (x, aux, extra);
+  aux holds the unmasked head contexts, MLP activations and norm outputs, which scorers
+  read and training leaves for XLA to drop."""
   cos, sin = rope
-  h = L.rms_norm(x, lp["attn_norm"], cfg.norm_eps, hidden)
-  q = jnp.einsum("btd,dhk->bthk", h, lp["wq"])
-  k = jnp.einsum("btd,dhk->bthk", h, lp["wk"])
-  v = jnp.einsum("btd,dhk->bthk", h, lp["wv"])
+  h1 = L.rms_norm(x, lp["attn_norm"], cfg.norm_eps, hidden)
+  q = jnp.einsum("btd,dhk->bthk", h1, lp["wq"])
+  k = jnp.einsum("btd,dhk->bthk", h1, lp["wk"])
+  v = jnp.einsum("btd,dhk->bthk", h1, lp["wv"])
   q, k = L.apply_rope(q, cos, sin, False), L.apply_rope(k, cos, sin, False)
-  ctx = attention(q, k, v, causal=True, segment_ids=segment_ids, impl=cfg.attention_impl)
-  ctx = _scale_heads(ctx, lm.get("head_scale"))
-  x = x + _scale_last(jnp.einsum("bthk,hkd->btd", ctx, lp["wo"]), hidden)
-  h = L.rms_norm(x, lp["mlp_norm"], cfg.norm_eps, hidden)
-  act = L.swiglu(h @ lp["w_gate"], h @ lp["w_up"])
-  act = _scale_last(act, lm.get("inter_scale"))
-  return x + _scale_last(act @ lp["w_down"], hidden)
+  ctx, extra = attend(q, k, v)
+  x = x + _scale_last(jnp.einsum("bthk,hkd->btd", _scale_heads(ctx, lm.get("head_scale")),
+                                 lp["wo"]), hidden)
+  h2 = L.rms_norm(x, lp["mlp_norm"], cfg.norm_eps, hidden)
+  act = L.swiglu(h2 @ lp["w_gate"], h2 @ lp["w_up"])
+  x = x + _scale_last(_scale_last(act, lm.get("inter_scale")) @ lp["w_down"], hidden)
+  return x, {"ctx": ctx, "act": act, "norms": (h1, h2)}, extra
 
 
 def _split_points(cfg):
@@ -52,7 +56,8 @@ def _split_points(cfg):
   return [sum(sizes[:i + 1]) for i in range(len(sizes) - 1)]
 
 
-def _parallel_block(cfg, x, lp, lm, hidden, rope, segment_ids):
+def parallel_block(cfg, x, lp, lm, hidden, rope, attend):
+  """One parallel (PaLM/CHOP) block; same contract as `llama_block`."""
   cos, sin = rope
   B, T, _ = x.shape
   H, KV, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -64,12 +69,17 @@ def _parallel_block(cfg, x, lp, lm, hidden, rope, segment_ids):
     q = L.layer_norm(q, lp["q_norm"], cfg.norm_eps)
     k = L.layer_norm(k, lp["k_norm"], cfg.norm_eps)
   q, k = L.apply_rope(q, cos, sin, True), L.apply_rope(k, cos, sin, True)
-  ctx = attention(q, k, v, causal=True, segment_ids=segment_ids, impl=cfg.attention_impl)
-  ctx = _scale_heads(ctx, lm.get("head_scale")).reshape(B, T, H * Dh)
-  act = _scale_last(L.swiglu(gate, up), lm.get("inter_scale"))
+  ctx, extra = attend(q, k, v)
+  act = L.swiglu(gate, up)
   # One matmul for attention-out and FFN-out: [ctx | act] @ [wo ; w_down].
-  out = jnp.concatenate([ctx, act], axis=-1) @ lp["w_out"]
-  return x + _scale_last(out, hidden)
+  cat = jnp.concatenate([_scale_heads(ctx, lm.get("head_scale")).reshape(B, T, H * Dh),
+                         _scale_last(act, lm.get("inter_scale"))], axis=-1)
+  return x + _scale_last(cat @ lp["w_out"], hidden), {"ctx": ctx, "act": act,
+                                                      "norms": (h,)}, extra
+
+
+def block_fn(cfg):
+  return llama_block if cfg.family == "llama" else parallel_block
 
 
 def forward(params, tokens, masks=None, *, cfg: ModelConfig, positions=None, segment_ids=None,
@@ -92,11 +102,15 @@ def forward(params, tokens, masks=None, *, cfg: ModelConfig, positions=None, seg
   x = jnp.take(params["embed"], tokens, axis=0)
   x = _scale_last(x, hidden)
   rope = L.rope_cos_sin(cfg, positions)
-  block = _llama_block if cfg.family == "llama" else _parallel_block
+  block = block_fn(cfg)
+
+  def attend(q, k, v):
+    return attention(q, k, v, causal=True, segment_ids=segment_ids,
+                     impl=cfg.attention_impl), None
 
   def body(x, xs):
     lp, lm = xs
-    x = block(cfg, x, lp, lm, hidden, rope, segment_ids).astype(dtype)
+    x = block(cfg, x, lp, lm, hidden, rope, attend)[0].astype(dtype)
     return x, (x if return_hidden else None)
 
   if cfg.remat != "none":

@@ -34,7 +34,7 @@ from jshear.errors import JShearError
 from jshear.model import layers as L
 from jshear.model.attention import attention
 from jshear.model.config import ModelConfig
-from jshear.model.params import fused_in_sizes
+from jshear.model.transformer import block_fn
 
 _log = logging.getLogger(__name__)
 SCORE_GROUPS = ("layer", "head", "kv", "intermediate", "hidden")
@@ -63,40 +63,6 @@ def _cos(a, b):
   return num / jnp.maximum(den, 1e-12)
 
 
-def _llama_block(cfg, x, lp, rope, segment_ids, w):
-  cos, sin = rope
-  h1 = L.rms_norm(x, lp["attn_norm"], cfg.norm_eps)
-  q = jnp.einsum("btd,dhk->bthk", h1, lp["wq"])
-  k = jnp.einsum("btd,dhk->bthk", h1, lp["wk"])
-  v = jnp.einsum("btd,dhk->bthk", h1, lp["wv"])
-  q, k = L.apply_rope(q, cos, sin, False), L.apply_rope(k, cos, sin, False)
-  ctx = attention(q, k, v, causal=True, segment_ids=segment_ids, impl=cfg.attention_impl)
-  x1 = x + jnp.einsum("bthk,hkd->btd", ctx, lp["wo"])
-  h2 = L.rms_norm(x1, lp["mlp_norm"], cfg.norm_eps)
-  act = L.swiglu(h2 @ lp["w_gate"], h2 @ lp["w_up"])
-  out = x1 + act @ lp["w_down"]
-  return out, ctx, act, jnp.stack([_seq_mean(jnp.abs(h1), w), _seq_mean(jnp.abs(h2), w)], 1)
-
-
-def _parallel_block(cfg, x, lp, rope, segment_ids, w):
-  cos, sin = rope
-  B, T, _ = x.shape
-  H, KV, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-  h = L.layer_norm(x, lp["norm"], cfg.norm_eps)
-  sizes = [n for _, n in fused_in_sizes(cfg)]
-  splits = [sum(sizes[:i + 1]) for i in range(len(sizes) - 1)]
-  q, k, v, gate, up = jnp.split(h @ lp["w_in"], splits, axis=-1)
-  q, k, v = q.reshape(B, T, H, Dh), k.reshape(B, T, KV, Dh), v.reshape(B, T, KV, Dh)
-  if cfg.qk_norm:
-    q = L.layer_norm(q, lp["q_norm"], cfg.norm_eps)
-    k = L.layer_norm(k, lp["k_norm"], cfg.norm_eps)
-  q, k = L.apply_rope(q, cos, sin, True), L.apply_rope(k, cos, sin, True)
-  ctx = attention(q, k, v, causal=True, segment_ids=segment_ids, impl=cfg.attention_impl)
-  act = L.swiglu(gate, up)
-  out = x + jnp.concatenate([ctx.reshape(B, T, H * Dh), act], axis=-1) @ lp["w_out"]
-  return out, ctx, act, _seq_mean(jnp.abs(h), w)[:, None]
-
-
 def instrumented_forward(params, tokens, *, cfg: ModelConfig, positions=None, segment_ids=None):
   """(logits [B, T, V] fp32, stats) with per-layer, per-row statistics:
 
@@ -113,11 +79,16 @@ def instrumented_forward(params, tokens, *, cfg: ModelConfig, positions=None, se
   dtype = params["embed"].dtype
   x = jnp.take(params["embed"], tokens, axis=0)
   rope = L.rope_cos_sin(cfg, positions)
-  block = _llama_block if cfg.family == "llama" else _parallel_block
+  block = block_fn(cfg)
+
+  def attend(q, k, v):
+    return attention(q, k, v, causal=True, segment_ids=segment_ids,
+                     impl=cfg.attention_impl), None
 
   def body(x, lp):
-    out, ctx, act, norms = block(cfg, x, lp, rope, segment_ids, w)
-    out = out.astype(dtype)
+    out, aux, _ = block(cfg, x, lp, {}, None, rope, attend)
+    out, ctx, act = out.astype(dtype), aux["ctx"], aux["act"]
+    norms = jnp.stack([_seq_mean(jnp.abs(h), w) for h in aux["norms"]], 1)
     head, kv = _head_stats(cfg, ctx, w)
     stats = {"head": head, "kv": kv, "intermediate": _seq_mean(jnp.abs(act), w),
              "norms": norms, "cos": _cos(x, out)}
