@@ -161,8 +161,10 @@ def restore_final_state(ctx: Context, name: str, block, model_cfg: ModelConfig,
 
 
 def train_stage(ctx: Context, name: str, block, model_cfg: ModelConfig, params_host,
-                prune: PruneSpec | None = None, distill=None):
+                prune: PruneSpec | None = None, distill=None, reference=None):
   """Trains `params_host` (numpy, or None when a checkpoint exists) for `block.steps`.
+  `reference`: a callable giving per-domain reference losses when the config has none
+  (default: the stage's own starting model).
   `distill`: a `jshear.distill.Setup` (teachers run inside the step, sharded like the
   student). Returns (final train state, evaluator)."""
   cfg, mesh = ctx.cfg, ctx.mesh
@@ -216,7 +218,7 @@ def train_stage(ctx: Context, name: str, block, model_cfg: ModelConfig, params_h
   ref = dict(extra.get("ref_losses") or block.ref_losses or {})
   if rule != "constant" and not ref:
     # The source model's own per-domain loss as reference (the authors: works about as well).
-    ref = evaluator(state["params"], None)
+    ref = reference() if reference else evaluator(state["params"], None)
     _log.info("%s: reference losses from the source model: %s", name, ref)
   base_weights = dict(extra.get("base_weights") or loader.weights)
   lr = schedule_fn(block, block.steps)

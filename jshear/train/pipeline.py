@@ -337,7 +337,15 @@ def _run_stages(cfg, workdir, stages, mesh, writer) -> dict:
       out["pruned_params"] = count_params(params)
     elif stage == "continue":
       setup = _distill_setup(cfg, workdir, mcfg, source) if cfg.distill.enable else None
-      state, _ = train_stage(ctx, "continue", cfg.continued, mcfg, params, distill=setup)
+      # Dynamic batch loading compares against the unpruned source, not the pruned start.
+      reference = None
+      if source[1] is not None and source[0] != mcfg:
+        from jshear.train.loop import DomainEval
+        reference = lambda: DomainEval(ctx, source[0], _eval_domains(data_dir),
+                                       cfg.continued.batch_size,
+                                       cfg.continued.eval_batches)(source[1])
+      state, _ = train_stage(ctx, "continue", cfg.continued, mcfg, params, distill=setup,
+                             reference=reference)
       setup = None
       save_dir(os.path.join(workdir, "continued"), mcfg, state["params"], tok)
       params = gather_params(state["params"])
