@@ -24,10 +24,12 @@ def main():
   p.add_argument("--small", action="store_true")
   p.add_argument("--batch", type=int, default=4)
   p.add_argument("--seq", type=int, default=256)
+  p.add_argument("--unroll", action="store_true", help="Python loop over layers, no scan")
   a = p.parse_args()
   torch.set_num_threads(2)
   path = assets.smollm2_hf_dir()
   cfg, params = read_hf_params(path)
+  cfg = cfg.replace(scan_layers=not a.unroll)
   step, state, batch = common.jshear_train_step(cfg, params, a.batch, a.seq)
   t0 = time.perf_counter()
   state, m = step(state, batch)
@@ -55,7 +57,7 @@ def main():
   peak = common.matmul_peak_flops()
   n = a.batch * a.seq
   fpt = model_flops_per_token(cfg) + attention_flops_per_token(cfg, a.seq)
-  common.emit(bench="train_step", model="SmolLM2-135M", batch=[a.batch, a.seq], dtype="float32",
+  common.emit(bench="train_step", model="SmolLM2-135M", scan_layers=not a.unroll, batch=[a.batch, a.seq], dtype="float32",
               jshear_tokens_per_s=n / t["jshear"], hf_tokens_per_s=n / t["hf"],
               ratio=t["hf"] / t["jshear"], mfu=n / t["jshear"] * fpt / peak,
               matmul_peak_gflops=peak / 1e9, compile_s=compile_s)

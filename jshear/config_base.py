@@ -66,6 +66,7 @@ def base_config() -> mlc.ConfigDict:
   c.model.param_dtype = "float32"
   c.model.attention_impl = "xla"
   c.model.remat = "none"
+  c.model.scan_layers = True    # False: a Python loop over layers (faster on CPU, slower compile)
   # Shape for `pretrain` from scratch (ignored when loading a source model).
   c.model.family = "llama"
   c.model.vocab_size = 32000

@@ -63,7 +63,8 @@ def resolve_source(spec: str) -> str:
 
 def load_any(path: str, cfg):
   """(model_cfg, numpy params, tokenizer dir) from a jshear model dir or an HF dir."""
-  overrides = dict(attention_impl=cfg.model.attention_impl, remat=cfg.model.remat)
+  overrides = dict(attention_impl=cfg.model.attention_impl, remat=cfg.model.remat,
+                   scan_layers=cfg.model.scan_layers)
   if os.path.exists(os.path.join(path, "model_config.json")):
     mcfg, params = model_io.load_model(path)
     params = jax.device_get(params)
@@ -285,7 +286,7 @@ def _run_stages(cfg, workdir, stages, mesh, writer) -> dict:
     mcfg = ModelConfig(**{k: cfg.model[k] for k in (
         "vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
         "num_kv_heads", "head_dim", "family", "qk_norm", "tie_embeddings", "rope_theta",
-        "attention_impl", "remat")})
+        "attention_impl", "remat", "scan_layers")})
     tok = cfg.model.tokenizer or None
     params = None
   else:
