@@ -114,3 +114,18 @@ def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
   assert wq.sharding == sh_b["params"]["layers"]["wq"]
   for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(host)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_optimizer_groups_descend_weights_and_masks_and_ascend_lambdas():
+  block = train_block(steps=10, warmup_steps=0, lr=1e-3, schedule="constant", mask_lr=0.5,
+                      lambda_lr=-0.25, schedule_masks=False, clip_masks=False, clip_norm=0.0)
+  opt = build_optimizer(block, 10, True)
+  tree = {"params": {"w": jnp.zeros(3)},
+          "prune": {"log_alpha": {"hidden": jnp.zeros(4)}, "lambda1": {"hidden": jnp.zeros(())},
+                    "lambda2": {"hidden": jnp.zeros(())}}}
+  grads = jax.tree.map(jnp.ones_like, tree)
+  updates, _ = opt.update(grads, opt.init(tree), tree)
+  new = optax.apply_updates(tree, updates)
+  np.testing.assert_allclose(new["params"]["w"], -1e-3, rtol=1e-3)          # AdamW step
+  np.testing.assert_allclose(new["prune"]["log_alpha"]["hidden"], -0.5, rtol=1e-3)
+  np.testing.assert_allclose(new["prune"]["lambda1"]["hidden"], 0.25, rtol=1e-3)  # ascent
