@@ -3,15 +3,13 @@
 State is a plain dict pytree:
   step, params, opt_state, rng (raw key data), skipped, bad_streak, and `prune` (a
   PruneState) only in the pruning stage.
-Loss = LM loss (+ the Lagrangian when `prune` is present) (+ any extra loss terms a stage
-plugs in) (+ distillation from teachers passed as the step's third argument, see
+Loss = LM loss (+ the Lagrangian when `prune` is present) (+ distillation from teachers
+passed as the step's third argument, see
 `jshear.distill`). Gradients are accumulated over micro-batches with `lax.scan`;
 a non-finite loss or gradient leaves the state unchanged and is counted.
 """
 
 from __future__ import annotations
-
-from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,8 +22,6 @@ from jshear.prune.lagrangian import lagrangian
 from jshear.prune.state import sample_masks
 from jshear.train.loss import nll_sum, per_row_nll, token_targets
 
-# An extra loss term: (params, micro_batch, logits, step) -> (scalar loss, metrics dict).
-LossTerm = Callable
 
 
 def _trainable(state):
@@ -56,7 +52,7 @@ def split_micro(batch: dict, n: int, micro_sharding=None) -> dict:
 
 def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, *,
                     grad_accum: int = 1, compute_dtype=None, prune_warmup_steps: int = 0,
-                    extra_losses: Sequence[LossTerm] = (), micro_sharding=None, distill=None):
+                    micro_sharding=None, distill=None):
   """Returns step(state, batch) -> (state, metrics). Batch: tokens, segment_ids, positions
   [B, T] (domain etc. are ignored). With `distill` (a `jshear.distill.Distiller`) the step
   is step(state, batch, teachers), teachers a list of teacher param trees."""
@@ -72,9 +68,6 @@ def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, *
     loss, metrics = nll / total_tokens, {}
     if distill is not None:  # the LM weight may differ while distilling
       loss = distill.lm_weight_at(step) * loss
-    for term in extra_losses:
-      extra, m = term(trainable["params"], mb, logits, step)
-      loss, metrics = loss + extra / grad_accum, {**metrics, **m}
     if distill is not None:
       extra, m = distill.loss(teachers, mb, logits, hidden, step, total_tokens, grad_accum)
       loss, metrics = loss + extra, {**metrics, **m}
