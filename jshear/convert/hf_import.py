@@ -54,8 +54,10 @@ class TensorReader:
 
   def dtype(self, name: str) -> np.dtype:
     """Stored dtype of one tensor, without reading it."""
-    return self.get(name).dtype if isinstance(self.file_of.get(name), np.ndarray) or \
-        name not in self.file_of else np.dtype(_ST_DTYPES[self._handle(name).get_slice(name).get_dtype()])
+    src = self.file_of.get(name)
+    if src is None or isinstance(src, np.ndarray):  # missing (get raises) or pickle-loaded
+      return self.get(name).dtype
+    return np.dtype(_ST_DTYPES[self._handle(name).get_slice(name).get_dtype()])
 
   def _handle(self, name: str):
     src = self.file_of[name]
