@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 
 import ml_collections as mlc
@@ -245,17 +244,8 @@ def compare(cfg, workdir: str) -> dict:
 
 def main(argv):
   del argv
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-  logging.getLogger("absl").setLevel(logging.WARNING)
-  if _WORKDIR.value is None:
-    print("error: --workdir is required", file=sys.stderr)
-    return 2
-  try:
-    res = compare(_CONFIG.value, _WORKDIR.value)
-  except JShearError as err:
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(2)
-  print(to_markdown(res))
+  from jshear.cli import run_in_workdir
+  print(to_markdown(run_in_workdir(compare, _CONFIG.value, _WORKDIR.value)))
   return 0
 
 

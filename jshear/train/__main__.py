@@ -6,14 +6,8 @@ order and resume where they stopped.
 
 from __future__ import annotations
 
-import json
-import logging
-import sys
-
 from absl import app, flags
 from ml_collections import config_flags
-
-from jshear.errors import JShearError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (configs/*.py).",
                                           lock_config=True)
@@ -22,19 +16,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, met
 
 def main(argv):
   del argv
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-  logging.getLogger("absl").setLevel(logging.WARNING)
-  if _WORKDIR.value is None:
-    print("error: --workdir is required", file=sys.stderr)
-    return 2
-  from jshear.train.pipeline import run  # after flag parsing: keeps --help fast
+  from jshear.cli import run_in_workdir  # imports after flag parsing keep --help fast
+  from jshear.train.pipeline import run
   from jshear.train.summary import print_summary
-  try:
-    summary = run(_CONFIG.value, _WORKDIR.value)
-  except JShearError as err:
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(2)
-  print_summary(summary)
+  print_summary(run_in_workdir(run, _CONFIG.value, _WORKDIR.value))
   return 0
 
 
