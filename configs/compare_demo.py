@@ -29,7 +29,7 @@ def get_config():
   p.layerchop_width = "importance"
 
   k = c.continued                 # the same budget for every method
-  k.steps, k.batch_size, k.lr, k.warmup_steps = 30, 4, 3e-4, 3
-  k.log_every, k.eval_every, k.eval_batches, k.ckpt_every = 5, 0, 2, 30
+  k.steps, k.batch_size, k.lr, k.warmup_steps = 50, 4, 3e-4, 5
+  k.log_every, k.eval_every, k.eval_batches, k.ckpt_every = 5, 0, 2, 50
   k.reweight_rule = "constant"    # same data mixture for every method
   return c
