@@ -9,15 +9,17 @@ The config is a normal run config plus `compare.methods`, a comma-separated list
 DIR/<method> (the name with ':' as '-'); a finished one is reused, not rerun. Then:
 
   DIR/compare.json  per method: params, target shape, per-domain held-out loss of the final
-                    model and its mean, wall time, tokens spent (prune / continue); the
-                    source model's losses for reference
+                    model and its mean, zero-shot accuracy on `compare.zeroshot_tasks` (the
+                    first `compare.zeroshot_limit` documents of each; "" skips it), wall
+                    time, tokens spent (prune / continue); the source model's for reference
   DIR/compare.md    the same as a table
   DIR/compare.png   mean and per-domain loss per method (skipped, with a log line, when
                     matplotlib is not installed)
 
 Budgets: `continued` is one block for all methods, so continued-pretraining tokens are equal.
-The learned method also spends `prune.steps` of training on its masks; the one-shot methods
-spend only forward passes (importance: calibration rows). Both are reported.
+The methods that train while pruning (learned, dimchop, gradual layerchop) also spend
+`prune.steps` of training; the one-shot methods spend only forward passes (importance:
+calibration rows). Both are reported.
 """
 
 from __future__ import annotations
@@ -106,13 +108,39 @@ def run_one(cfg, workdir: str) -> dict:
   return summary
 
 
+def zero_shot(model_dir: str, cache_path: str, task_names: str, limit: int) -> dict:
+  """{task: its primary accuracy (`tasks.PRIMARY_METRIC`), "mean": ...} of a model dir, cached
+  in `cache_path` for the same tasks and limit."""
+  key = {"tasks": task_names, "limit": int(limit), "model": os.path.abspath(model_dir)}
+  if os.path.exists(cache_path):
+    with open(cache_path) as f:
+      old = json.load(f)
+    if old.get("key") == key:
+      return old["acc"]
+  from jshear.eval import datasets, loader, scoring, tasks
+  names = tasks.parse_task_names(task_names)
+  m = loader.load(model_dir)
+  prep = tasks.prepare(m.tokenizer, names, int(limit) or None, datasets.eval_sets_dir(fetch=True))
+  backend = scoring.JaxBackend(m.cfg, m.params, max_length=min(m.cfg.max_position_embeddings,
+                                                                 2048))
+  metrics = tasks.score_prepared(backend, prep, progress=False)
+  acc = {n: float(metrics[n][tasks.PRIMARY_METRIC.get(n, "acc")]) for n in names}
+  acc["mean"] = sum(acc.values()) / len(names)
+  import jax
+  if jax.process_index() == 0:
+    with open(cache_path + ".tmp", "w") as f:
+      json.dump({"key": key, "acc": acc}, f, indent=2)
+    os.replace(cache_path + ".tmp", cache_path)
+  return acc
+
+
 def _mean(losses: dict) -> float | None:
   vals = [v for v in losses.values() if v == v]  # drop NaN (a domain without eval rows)
   return sum(vals) / len(vals) if vals else None
 
 
-def collect(cfg, methods, summaries: dict) -> dict:
-  from jshear.train.pipeline import parse_stages
+def collect(cfg, methods, summaries: dict, configs: dict) -> dict:
+  from jshear.train.pipeline import parse_stages, trains_in_prune
   stages = parse_stages(cfg.stages)
   seq = cfg.data.seq_len
   out = {"target": dict(cfg.prune.target), "methods": {}, "source": None,
@@ -125,7 +153,8 @@ def collect(cfg, methods, summaries: dict) -> dict:
       out["source"] = {"params": s.get("source_params"), "eval": ev["source"],
                        "mean_loss": _mean(ev["source"])}
     fc = s.get("final_config") or {}
-    prune_tokens = (_tokens(cfg.prune, seq) if method == "learned" and "prune" in stages else 0)
+    prune_tokens = (_tokens(cfg.prune, seq)
+                    if trains_in_prune(configs[name]) and "prune" in stages else 0)
     out["methods"][name] = {
         "method": method, "layout": layout if method == "layerchop" else None,
         "params": s.get("final_params"),
@@ -135,8 +164,12 @@ def collect(cfg, methods, summaries: dict) -> dict:
         "prune_tokens": prune_tokens,
         "continue_tokens": out["continue_tokens"],
         "tokens_per_s": s.get("tokens_per_s"), "hf_dir": s.get("hf_dir"),
-        "workdir": s.get("workdir")}
+        "workdir": s.get("workdir"), "zero_shot": s.get("zero_shot")}
   return out
+
+
+def _fmt(x, spec):
+  return "-" if x is None else format(x, spec)
 
 
 def to_markdown(res: dict) -> str:
@@ -144,28 +177,36 @@ def to_markdown(res: dict) -> str:
   domains = sorted({d for _, r in rows for d in r["eval"]} |
                    set((res.get("source") or {}).get("eval") or {}))
   t = res["target"]
+  zs = sorted({k for _, r in rows for k in (r.get("zero_shot") or {}) if k != "mean"})
+  zcols = [f"{k} acc" for k in zs] + (["mean acc"] if zs else [])
+  zkeys = zs + (["mean"] if zs else [])
+  zcell = lambda z: "".join(f" {_fmt((z or {}).get(k), '.3f')} |" for k in zkeys)
   lines = ["# Pruning methods compared", "",
            f"Target: {t.get('num_layers')} layers, {t.get('num_heads')} heads / "
            f"{t.get('num_kv_heads')} KV heads, hidden {t.get('hidden_size')}, intermediate "
            f"{t.get('intermediate_size')}. Continued pretraining: {res['continue_tokens']:,} "
            "tokens per method.", "",
            "| method | params | " + " | ".join(f"{d} loss" for d in domains) +
-           " | mean loss | prune tokens | wall s |",
-           "|---|---:|" + "---:|" * len(domains) + "---:|---:|---:|"]
-  f = lambda x, spec: "-" if x is None else format(x, spec)
+           " | mean loss |" + "".join(f" {c} |" for c in zcols) + " prune tokens | wall s |",
+           "|---|---:|" + "---:|" * (len(domains) + len(zcols)) + "---:|---:|---:|"]
   src = res.get("source")
   if src:
-    lines.append(f"| source | {f(src['params'], ',')} | " +
-                 " | ".join(f(src["eval"].get(d), ".3f") for d in domains) +
-                 f" | {f(src['mean_loss'], '.3f')} | - | - |")
+    lines.append(f"| source | {_fmt(src['params'], ',')} | " +
+                 " | ".join(_fmt(src["eval"].get(d), ".3f") for d in domains) +
+                 f" | {_fmt(src['mean_loss'], '.3f')} |" + zcell(src.get("zero_shot")) + " - | - |")
   for name, r in sorted(rows, key=lambda kv: (kv[1]["mean_loss"] is None,
                                               kv[1]["mean_loss"] or 0.0)):
-    lines.append(f"| {name} | {f(r['params'], ',')} | " +
-                 " | ".join(f(r["eval"].get(d), ".3f") for d in domains) +
-                 f" | {f(r['mean_loss'], '.3f')} | {r['prune_tokens']:,} | "
-                 f"{f(r['wall_s'], '.0f')} |")
+    lines.append(f"| {name} | {_fmt(r['params'], ',')} | " +
+                 " | ".join(_fmt(r["eval"].get(d), ".3f") for d in domains) +
+                 f" | {_fmt(r['mean_loss'], '.3f')} |" + zcell(r.get("zero_shot")) +
+                 f" {r['prune_tokens']:,} | {_fmt(r['wall_s'], '.0f')} |")
   lines += ["", "Loss: mean next-token loss on each domain's held-out rows (nats). Rows "
-            "sorted by mean loss.", ""]
+            "sorted by mean loss."]
+  if zs:
+    lines += [f"Zero-shot: accuracy on the first {res.get('zeroshot_limit') or 'all'} documents "
+              "of each task (acc_norm for piqa, hellaswag, openbookqa, arc_challenge; acc "
+              "elsewhere)."]
+  lines.append("")
   return "\n".join(lines)
 
 
@@ -202,6 +243,14 @@ def plot(res: dict, path: str) -> bool:
   return True
 
 
+def _final_model_dir(workdir: str) -> str:
+  """The last model a run wrote (for runs without an export stage)."""
+  for name in ("continued", "pruned", "pretrained"):
+    if os.path.exists(os.path.join(workdir, name, "model_config.json")):
+      return os.path.join(workdir, name)
+  raise JShearError(f"{workdir} has no finished model to evaluate")
+
+
 def _source_config(cfg):
   """The source model's config (no weights), or None when the run pretrains from scratch."""
   from jshear.train.pipeline import _model_config, parse_stages, resolve_source
@@ -226,10 +275,27 @@ def compare(cfg, workdir: str) -> dict:
   configs = {name: method_config(cfg, m, layout) for name, m, layout in methods}
   _validate(configs)  # every method's config, before spending time on the first
   summaries = {}
+  tasks_spec, limit = "", 0
+  if "compare" in cfg:
+    tasks_spec = cfg.compare.get("zeroshot_tasks", "")
+    limit = int(cfg.compare.get("zeroshot_limit", 0))
+  if tasks_spec:
+    from jshear.eval import tasks as eval_tasks
+    eval_tasks.parse_task_names(tasks_spec)  # bad names fail before any run
   for name, _, _ in methods:
     _log.info("compare: running %s", name)
     summaries[name] = run_one(configs[name], os.path.join(workdir, name))
-  res = collect(cfg, methods, summaries)
+    if tasks_spec:
+      final = summaries[name].get("hf_dir") or _final_model_dir(summaries[name]["workdir"])
+      summaries[name]["zero_shot"] = zero_shot(
+          final, os.path.join(workdir, name, "zeroshot.json"), tasks_spec, limit)
+  res = collect(cfg, methods, summaries, configs)
+  res["zeroshot_limit"] = limit
+  if tasks_spec and res["source"] is not None:
+    from jshear.train.pipeline import resolve_source
+    src_dir = cfg.init_from or resolve_source(cfg.model.source)
+    res["source"]["zero_shot"] = zero_shot(src_dir, os.path.join(workdir, "source_zeroshot.json"),
+                                           tasks_spec, limit)
   import jax
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "compare.json"), "w") as f:

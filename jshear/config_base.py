@@ -104,12 +104,19 @@ def base_config() -> mlc.ConfigDict:
   c.prune.target_warmup_steps = 640
   c.prune.target = mlc.ConfigDict({"num_layers": 0, "num_heads": 0, "num_kv_heads": 0,
                                    "hidden_size": 0, "intermediate_size": 0})
-  # One-shot methods (prune.method != learned).
+  # Mask choosers other than learned (one-shot, or iterative while training).
   c.prune.layerchop_layout = "max_gap"   # max_gap | input | output | middle | both
   c.prune.layerchop_width = "importance"  # layerchop: how widths shrink (importance |
                                           # magnitude | random | none: depth only)
   c.prune.calib_rows = 32       # importance: first N training rows of every domain
   c.prune.calib_batch = 8       # importance: rows per scoring forward
+  c.prune.layerchop_every = 0   # > 0: drop LayerCHOP's layers one every N prune steps while
+                                # training (the prune stage trains); 0: all at once
+  # DimCHOP (prune.method=dimchop, see jshear/prune/iterative.py): re-score by importance
+  # every N steps; sizes reach the target after this fraction of prune.steps.
+  c.prune.dimchop_every = 10
+  c.prune.dimchop_end_fraction = 0.75
+  c.prune.dimchop_straight_through = 1.0  # gradient weight masked dims keep (0: frozen)
   c.continued = train_block(steps=48000, batch_size=256, lr=1e-4, warmup_steps=1440,
                             reweight_every=400)
   c.pretrain = train_block()

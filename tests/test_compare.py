@@ -33,6 +33,7 @@ def world(tmp_path_factory):
 
 def test_compare_two_methods(world, tmp_path):
   cfg = _config(world, "magnitude,layerchop:input")
+  cfg.compare.zeroshot_tasks, cfg.compare.zeroshot_limit = "piqa,arc_easy", 3
   res = compare.compare(cfg, str(tmp_path))
   assert list(res["methods"]) == ["magnitude", "layerchop-input"]
   for name, r in res["methods"].items():
@@ -41,13 +42,19 @@ def test_compare_two_methods(world, tmp_path):
     assert set(r["eval"]) == {"code", "legal", "misc"} and r["mean_loss"] > 0
     assert r["continue_tokens"] == 2 * 8 * tiny_world.SEQ and r["prune_tokens"] == 0
     assert r["wall_s"] > 0 and os.path.isdir(r["hf_dir"])
+    z = r["zero_shot"]
+    assert set(z) == {"piqa", "arc_easy", "mean"} and all(0.0 <= v <= 1.0 for v in z.values())
+    assert z["mean"] == pytest.approx((z["piqa"] + z["arc_easy"]) / 2)
+    # 3 documents each: accuracies are multiples of 1/3.
+    assert all(abs(3 * z[t] - round(3 * z[t])) < 1e-9 for t in ("piqa", "arc_easy"))
   # Both methods pruned the same source to the same size: equal parameter counts.
   assert len({r["params"] for r in res["methods"].values()}) == 1
   assert res["source"]["mean_loss"] > 0
   with open(tmp_path / "compare.json") as f:
     assert json.load(f)["methods"]["layerchop-input"]["layout"] == "input"
   md = (tmp_path / "compare.md").read_text()
-  assert "| layerchop-input |" in md and "| source |" in md
+  assert "| layerchop-input |" in md and "| source |" in md and "piqa acc" in md
+  assert set(res["source"]["zero_shot"]) == {"piqa", "arc_easy", "mean"}
   assert res["plot"] == (tmp_path / "compare.png").exists()
 
   # The CLI reuses finished runs (no training: fast) and writes the same table.
@@ -55,8 +62,10 @@ def test_compare_two_methods(world, tmp_path):
   cfg_path.write_text(
       f"import sys\nsys.path.insert(0, {os.path.join(REPO, 'tests')!r})\n"
       "import ml_collections as mlc\nimport test_compare\n"
-      f"def get_config():\n  return test_compare._config({dict(world)!r}, "
-      "'magnitude,layerchop:input')\n")
+      f"def get_config():\n  c = test_compare._config({dict(world)!r}, "
+      "'magnitude,layerchop:input')\n"
+      "  c.compare.zeroshot_tasks, c.compare.zeroshot_limit = 'piqa,arc_easy', 3\n"
+      "  return c\n")
   r = subprocess.run([sys.executable, "-m", "jshear.compare", f"--config={cfg_path}",
                       f"--workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True,
                      env=dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.path.join(REPO, "tests")))
@@ -65,6 +74,7 @@ def test_compare_two_methods(world, tmp_path):
   with open(tmp_path / "compare.json") as f:
     again = json.load(f)
   assert again["methods"]["magnitude"]["eval"] == res["methods"]["magnitude"]["eval"]
+  assert again["methods"]["magnitude"]["zero_shot"] == res["methods"]["magnitude"]["zero_shot"]
 
 
 @pytest.mark.parametrize("methods,pattern", [
@@ -91,6 +101,8 @@ def test_demo_config_is_valid():
   from configs import compare_demo
   cfg = compare_demo.get_config()
   names = [n for n, _, _ in compare.parse_methods(cfg.compare.methods)]
-  assert names == ["learned", "importance", "layerchop", "magnitude", "random"]
+  assert names == ["learned", "dimchop", "importance", "layerchop", "magnitude", "random"]
+  from jshear.eval import tasks
+  tasks.parse_task_names(cfg.compare.zeroshot_tasks)
   c = compare.method_config(cfg, "layerchop", "both")
   assert "compare" not in c and c.prune.layerchop_layout == "both" and c.final_eval

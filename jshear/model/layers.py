@@ -18,7 +18,17 @@ def _kept_mean(x, keep):
   return jnp.sum(x * keep, axis=-1, keepdims=True) / n
 
 
-def rms_norm(x, weight, eps, hidden_mask=None):
+def apply_mask(x, m, ste=None):
+  """x * m (m broadcasts over leading axes). With `ste` (a scalar in [0, 1]) the gradient
+  w.r.t. x still reaches masked entries at weight `ste` (straight-through), so units that are
+  masked out keep training: the value is exactly x * m either way."""
+  y = x * m.astype(x.dtype)
+  if ste is None:
+    return y
+  return y + (ste * (1 - m)).astype(x.dtype) * (x - jax.lax.stop_gradient(x))
+
+
+def rms_norm(x, weight, eps, hidden_mask=None, ste=None):
   """RMSNorm in fp32 (as HF does). With a hidden mask, average over kept dims only, so a
   masked model computes exactly what the smaller sliced model would."""
   dtype = x.dtype
@@ -28,11 +38,11 @@ def rms_norm(x, weight, eps, hidden_mask=None):
   y = x * jax.lax.rsqrt(var + eps)
   y = y.astype(dtype) * weight.astype(dtype)
   if hidden_mask is not None:
-    y = y * hidden_mask.astype(y.dtype)
+    y = apply_mask(y, hidden_mask, ste)
   return y
 
 
-def layer_norm(x, weight, eps, hidden_mask=None):
+def layer_norm(x, weight, eps, hidden_mask=None, ste=None):
   """Bias-free LayerNorm in fp32 (Cohere/CHOP). Statistics over kept dims when masked."""
   dtype = x.dtype
   x = x.astype(jnp.float32)
@@ -42,7 +52,7 @@ def layer_norm(x, weight, eps, hidden_mask=None):
   var = _kept_mean(jnp.square(xc) if keep is None else jnp.square(xc * keep), keep)
   y = (xc * jax.lax.rsqrt(var + eps)) * weight.astype(jnp.float32)
   if hidden_mask is not None:
-    y = y * hidden_mask
+    y = apply_mask(y, hidden_mask, ste)
   return y.astype(dtype)
 
 

@@ -23,12 +23,12 @@ _REMAT = {
 }
 
 
-def _scale_heads(ctx, head_scale):
-  return ctx if head_scale is None else ctx * head_scale.astype(ctx.dtype)[None, None, :, None]
+def _scale_heads(ctx, head_scale, ste=None):
+  return ctx if head_scale is None else L.apply_mask(ctx, head_scale[:, None], ste)
 
 
-def _scale_last(x, scale):
-  return x if scale is None else x * scale.astype(x.dtype)
+def _scale_last(x, scale, ste=None):
+  return x if scale is None else L.apply_mask(x, scale, ste)
 
 
 def llama_block(cfg, x, lp, lm, hidden, rope, attend):
@@ -37,17 +37,18 @@ def llama_block(cfg, x, lp, lm, hidden, rope, attend):
   aux holds the unmasked head contexts, MLP activations and norm outputs, which scorers
   read and training leaves for XLA to drop."""
   cos, sin = rope
-  h1 = L.rms_norm(x, lp["attn_norm"], cfg.norm_eps, hidden)
+  ste = lm.get("ste")
+  h1 = L.rms_norm(x, lp["attn_norm"], cfg.norm_eps, hidden, ste)
   q = jnp.einsum("btd,dhk->bthk", h1, lp["wq"])
   k = jnp.einsum("btd,dhk->bthk", h1, lp["wk"])
   v = jnp.einsum("btd,dhk->bthk", h1, lp["wv"])
   q, k = L.apply_rope(q, cos, sin, False), L.apply_rope(k, cos, sin, False)
   ctx, extra = attend(q, k, v)
-  x = x + _scale_last(jnp.einsum("bthk,hkd->btd", _scale_heads(ctx, lm.get("head_scale")),
-                                 lp["wo"]), hidden)
-  h2 = L.rms_norm(x, lp["mlp_norm"], cfg.norm_eps, hidden)
+  x = x + _scale_last(jnp.einsum("bthk,hkd->btd", _scale_heads(ctx, lm.get("head_scale"), ste),
+                                 lp["wo"]), hidden, ste)
+  h2 = L.rms_norm(x, lp["mlp_norm"], cfg.norm_eps, hidden, ste)
   act = L.swiglu(h2 @ lp["w_gate"], h2 @ lp["w_up"])
-  x = x + _scale_last(_scale_last(act, lm.get("inter_scale")) @ lp["w_down"], hidden)
+  x = x + _scale_last(_scale_last(act, lm.get("inter_scale"), ste) @ lp["w_down"], hidden, ste)
   return x, {"ctx": ctx, "act": act, "norms": (h1, h2)}, extra
 
 
@@ -61,7 +62,8 @@ def parallel_block(cfg, x, lp, lm, hidden, rope, attend):
   cos, sin = rope
   B, T, _ = x.shape
   H, KV, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-  h = L.layer_norm(x, lp["norm"], cfg.norm_eps, hidden)
+  ste = lm.get("ste")
+  h = L.layer_norm(x, lp["norm"], cfg.norm_eps, hidden, ste)
   fused = h @ lp["w_in"]  # one matmul for q, k, v, gate and up
   q, k, v, gate, up = jnp.split(fused, _split_points(cfg), axis=-1)
   q, k, v = q.reshape(B, T, H, Dh), k.reshape(B, T, KV, Dh), v.reshape(B, T, KV, Dh)
@@ -72,9 +74,9 @@ def parallel_block(cfg, x, lp, lm, hidden, rope, attend):
   ctx, extra = attend(q, k, v)
   act = L.swiglu(gate, up)
   # One matmul for attention-out and FFN-out: [ctx | act] @ [wo ; w_down].
-  cat = jnp.concatenate([_scale_heads(ctx, lm.get("head_scale")).reshape(B, T, H * Dh),
-                         _scale_last(act, lm.get("inter_scale"))], axis=-1)
-  return x + _scale_last(cat @ lp["w_out"], hidden), {"ctx": ctx, "act": act,
+  cat = jnp.concatenate([_scale_heads(ctx, lm.get("head_scale"), ste).reshape(B, T, H * Dh),
+                         _scale_last(act, lm.get("inter_scale"), ste)], axis=-1)
+  return x + _scale_last(cat @ lp["w_out"], hidden, ste), {"ctx": ctx, "act": act,
                                                       "norms": (h,)}, extra
 
 
@@ -83,12 +85,15 @@ def block_fn(cfg):
 
 
 def forward(params, tokens, masks=None, *, cfg: ModelConfig, positions=None, segment_ids=None,
-            compute_dtype=None, return_hidden=False):
+            compute_dtype=None, return_hidden=False, mask_ste=None):
   """Logits [B, T, V] in fp32 for `tokens` [B, T].
 
   positions [B, T] restart at each packed document; segment_ids [B, T] keep attention inside
   one document. compute_dtype (e.g. bf16) casts weights and activations; params stay as given.
   return_hidden=True also returns the residual stream after every layer, [L, B, T, D].
+  mask_ste (a scalar in [0, 1], or None): straight-through weight of the gradient that masked
+  units still receive (see `layers.apply_mask`); iterative pruning (DimCHOP) uses it so
+  masked dims keep training until they are re-scored. Values are unchanged.
   """
   validate_masks(cfg, masks)
   masks = masks or {}
@@ -100,7 +105,7 @@ def forward(params, tokens, masks=None, *, cfg: ModelConfig, positions=None, seg
   hidden = masks.get("hidden")
   dtype = params["embed"].dtype
   x = jnp.take(params["embed"], tokens, axis=0)
-  x = _scale_last(x, hidden)
+  x = _scale_last(x, hidden, mask_ste)
   rope = L.rope_cos_sin(cfg, positions)
   block = block_fn(cfg)
 
@@ -116,6 +121,8 @@ def forward(params, tokens, masks=None, *, cfg: ModelConfig, positions=None, seg
   if cfg.remat != "none":
     body = jax.checkpoint(body, policy=_REMAT[cfg.remat], prevent_cse=not cfg.scan_layers)
   layer_masks = per_layer_masks(cfg, masks)
+  if mask_ste is not None and masks:
+    layer_masks["ste"] = jnp.broadcast_to(jnp.asarray(mask_ste, jnp.float32), (cfg.num_layers,))
   if cfg.scan_layers:
     x, hiddens = jax.lax.scan(body, x, (params["layers"], layer_masks))
   else:
@@ -125,7 +132,7 @@ def forward(params, tokens, masks=None, *, cfg: ModelConfig, positions=None, seg
       hs.append(h)
     hiddens = jnp.stack(hs) if return_hidden else None
   norm = L.rms_norm if cfg.family == "llama" else L.layer_norm
-  x = norm(x, params["final_norm"], cfg.norm_eps, hidden)
+  x = norm(x, params["final_norm"], cfg.norm_eps, hidden, mask_ste)
   head = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
   logits = jnp.einsum("btd,dv->btv", x, head, preferred_element_type=jnp.float32)
   if cfg.logit_scale != 1.0:

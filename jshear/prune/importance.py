@@ -144,15 +144,12 @@ def calibration_rows(data_dir: str, rows_per_domain: int) -> np.ndarray:
   return np.stack(out).astype(np.int32)
 
 
-def compute_scores(cfg: ModelConfig, params, rows: np.ndarray, batch_size: int,
-                   mesh=None) -> dict:
-  """Scores of every group over calibration `rows` [N, 2, T] (tokens, segment ids), in
-  batches of `batch_size` (the last one padded with empty rows, which count for nothing).
-  With a mesh, params are sharded like training and batches split over data x fsdp (the
-  batch rounded up to a multiple of data x fsdp)."""
+def make_scorer(cfg: ModelConfig, mesh=None):
+  """scorer(params, rows [N, 2, T], batch_size) -> per-group scores, compiled once (iterative
+  pruning re-scores many times). With a mesh, params are sharded like training (arrays that
+  are already global stay where they are) and batches split over data x fsdp (the batch
+  rounded up to a multiple of data x fsdp)."""
   from jshear.data.shards import positions_from_segments
-  if batch_size <= 0:
-    raise JShearError(f"prune.calib_batch must be positive, got {batch_size}")
   cfg = cfg.replace(remat="none")
 
   def fn(p, tok, seg, pos):
@@ -164,25 +161,41 @@ def compute_scores(cfg: ModelConfig, params, rows: np.ndarray, batch_size: int,
     from jshear.model.params import abstract_params
     from jshear.train.state_sharding import param_shardings, put_global
     p_sh = param_shardings(cfg, abstract_params(cfg), mesh)
-    params = put_global(jax.tree.map(lambda a: np.asarray(a, np.float32), params), p_sh)
     b_sh = shd.batch_sharding(mesh)
     dp = mesh.shape["data"] * mesh.shape["fsdp"]
-    batch_size = -(-batch_size // dp) * dp  # rows split over data x fsdp
     put = lambda a: put_global(a, b_sh)
     jfn = jax.jit(fn, out_shardings=shd.replicated(mesh))
     host = shd.to_host
   else:
-    put, jfn, host = jnp.asarray, jax.jit(fn), np.asarray
-  n = -(-len(rows) // batch_size) * batch_size
-  padded = np.zeros((n,) + rows.shape[1:], np.int32)
-  padded[:len(rows)] = rows
-  total = None
-  for s in range(0, n, batch_size):
-    tok, seg = padded[s:s + batch_size, 0], padded[s:s + batch_size, 1]
-    out = jfn(params, put(tok), put(seg), put(positions_from_segments(seg)))
-    out = {k: np.asarray(host(v), np.float64) for k, v in out.items()}
-    total = out if total is None else {k: total[k] + out[k] for k in total}
-  return scores_from_sums(total)
+    dp, put, jfn, host = 1, jnp.asarray, jax.jit(fn), np.asarray
+
+  def scorer(params, rows: np.ndarray, batch_size: int) -> dict:
+    if batch_size <= 0:
+      raise JShearError(f"prune.calib_batch must be positive, got {batch_size}")
+    if mesh is not None and not isinstance(jax.tree.leaves(params)[0], jax.Array):
+      params = put_global(jax.tree.map(lambda a: np.asarray(a, np.float32), params), p_sh)
+    batch_size = -(-batch_size // dp) * dp
+    n = -(-len(rows) // batch_size) * batch_size
+    padded = np.zeros((n,) + rows.shape[1:], np.int32)
+    padded[:len(rows)] = rows
+    total = None
+    for s in range(0, n, batch_size):
+      tok, seg = padded[s:s + batch_size, 0], padded[s:s + batch_size, 1]
+      out = jfn(params, put(tok), put(seg), put(positions_from_segments(seg)))
+      out = {k: np.asarray(host(v), np.float64) for k, v in out.items()}
+      total = out if total is None else {k: total[k] + out[k] for k in total}
+    return scores_from_sums(total)
+
+  return scorer
+
+
+def compute_scores(cfg: ModelConfig, params, rows: np.ndarray, batch_size: int,
+                   mesh=None) -> dict:
+  """Scores of every group over calibration `rows` [N, 2, T] (tokens, segment ids), in
+  batches of `batch_size` (the last one padded with empty rows, which count for nothing)."""
+  if batch_size <= 0:
+    raise JShearError(f"prune.calib_batch must be positive, got {batch_size}")
+  return make_scorer(cfg, mesh)(params, rows, batch_size)
 
 
 def cached_scores(path: str, cfg: ModelConfig, params, data_dir: str, rows_per_domain: int,

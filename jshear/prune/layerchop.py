@@ -13,7 +13,9 @@ layers 1 .. L-2 by one of these layouts (n = layers to drop):
 
 The result is a `layer` mask [L] (1 keep, 0 drop): a zeroed layer is skipped exactly, and
 `jshear.prune.finalize` slices it away like any other method's masks. CHOP found dropping all
-at once as good as or better than one at a time, so this is one-shot only (no schedule).
+at once as good as or better than one at a time, so that is the default; with
+prune.layerchop_every > 0 the same layers go one at a time while the prune stage trains
+(`jshear.prune.iterative`).
 """
 
 from __future__ import annotations

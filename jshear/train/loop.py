@@ -24,6 +24,7 @@ from jshear.data.mixture import MixtureLoader, domain_sources
 from jshear.errors import JShearError
 from jshear.metrics import MetricsWriter, attention_flops_per_token, model_flops_per_token
 from jshear.model.config import ModelConfig
+from jshear.model.masks import mask_shapes
 from jshear.model.params import abstract_params
 from jshear.optim import build_optimizer, schedule_fn
 from jshear.prune.state import eval_masks, init_prune_state
@@ -127,8 +128,10 @@ def _initial_weights(block, domains) -> dict:
   return {d: float(w[d]) for d in domains}
 
 
-def state_plan(ctx: Context, name: str, block, model_cfg: ModelConfig, prune: PruneSpec | None):
-  """(optimizer, initial prune state, make_state, abstract state, state shardings)."""
+def state_plan(ctx: Context, name: str, block, model_cfg: ModelConfig, prune: PruneSpec | None,
+               mask_groups=None):
+  """(optimizer, initial prune state, make_state, abstract state, state shardings).
+  `mask_groups`: iterative pruning keeps 0/1 masks of these groups in the state."""
   cfg = ctx.cfg
   optimizer = build_optimizer(block, block.steps, prune is not None)
   prune_state = None
@@ -136,7 +139,11 @@ def state_plan(ctx: Context, name: str, block, model_cfg: ModelConfig, prune: Pr
     prune_state = init_prune_state(model_cfg, prune.target, prune.groups,
                                    jax.random.key(cfg.seed + 17), prune.constraint)
   seed = cfg.seed * 1000 + {"pretrain": 1, "prune": 2, "continue": 3}.get(name, 4)
-  make_state = lambda params, ps: init_state(params, optimizer, seed, ps)
+  fixed = None
+  if mask_groups:
+    shapes = mask_shapes(model_cfg)
+    fixed = {g: np.ones(shapes[g], np.float32) for g in mask_groups}
+  make_state = lambda params, ps: init_state(params, optimizer, seed, ps, fixed)
   abstract = jax.eval_shape(
       make_state, abstract_params(model_cfg, jnp.dtype(cfg.model.param_dtype)), prune_state)
   return optimizer, prune_state, make_state, abstract, state_shardings(model_cfg, abstract,
@@ -149,9 +156,9 @@ def checkpointer(ctx: Context, name: str, block) -> Checkpointer:
 
 
 def restore_final_state(ctx: Context, name: str, block, model_cfg: ModelConfig,
-                        prune: PruneSpec | None):
+                        prune: PruneSpec | None, mask_groups=None):
   """The last saved train state of a finished stage."""
-  _, _, _, abstract, shardings = state_plan(ctx, name, block, model_cfg, prune)
+  _, _, _, abstract, shardings = state_plan(ctx, name, block, model_cfg, prune, mask_groups)
   ckpt = checkpointer(ctx, name, block)
   try:
     state, _ = ckpt.restore(abstract_like(abstract, shardings))
@@ -160,9 +167,27 @@ def restore_final_state(ctx: Context, name: str, block, model_cfg: ModelConfig,
   return state
 
 
+def _update_masks(ctx: Context, name: str, schedule, state, step: int, shardings) -> dict:
+  """The state with the schedule's masks for `step` (unchanged where they do not change)."""
+  new = schedule.masks_at(step, state["params"])
+  if new is None:
+    return state
+  masks, ste = new
+  state = dict(state)
+  state["masks"] = put_global(masks, shardings["masks"])
+  state["mask_ste"] = put_global(np.float32(ste), shardings["mask_ste"])
+  kept = {f"prune/kept/{g}": float(np.sum(m)) for g, m in masks.items()}
+  ctx.writer.write(name, step, {**kept, "prune/straight_through": float(ste)})
+  _log.info("%s: masks at step %d keep %s", name, step,
+            {g: int(v) for g, v in kept.items()})
+  return state
+
+
 def train_stage(ctx: Context, name: str, block, model_cfg: ModelConfig, params_host,
-                prune: PruneSpec | None = None, distill=None, reference=None):
+                prune: PruneSpec | None = None, distill=None, reference=None, schedule=None):
   """Trains `params_host` (numpy, or None when a checkpoint exists) for `block.steps`.
+  `schedule`: a `jshear.prune.iterative.MaskSchedule` whose masks replace the state's
+  before the steps where they change (iterative pruning).
   `reference`: a callable giving per-domain reference losses when the config has none
   (default: the stage's own starting model).
   `distill`: a `jshear.distill.Setup` (teachers run inside the step, sharded like the
@@ -173,8 +198,8 @@ def train_stage(ctx: Context, name: str, block, model_cfg: ModelConfig, params_h
     raise JShearError(f"{name}.batch_size ({block.batch_size}) must divide by the number of "
                       f"processes ({jax.process_count()})")
   compute_dtype = _dtype(cfg.model.compute_dtype)
-  optimizer, prune_state, make_state, abstract, shardings = state_plan(ctx, name, block,
-                                                                       model_cfg, prune)
+  optimizer, prune_state, make_state, abstract, shardings = state_plan(
+      ctx, name, block, model_cfg, prune, schedule.groups if schedule is not None else None)
   ckpt = checkpointer(ctx, name, block)
 
   sources = domain_sources(ctx.data_dir, "train")
@@ -213,7 +238,7 @@ def train_stage(ctx: Context, name: str, block, model_cfg: ModelConfig, params_h
       in_shardings=in_shardings,
       out_shardings=(shardings, shd.replicated(mesh)), donate_argnums=0)
 
-  masks_for_eval = (lambda st: eval_masks(st["prune"])) if prune else (lambda st: None)
+  masks_for_eval = lambda st: (eval_masks(st["prune"]) if prune else st.get("masks"))
   rule = block.reweight_rule
   ref = dict(extra.get("ref_losses") or block.ref_losses or {})
   if rule != "constant" and not ref:
@@ -234,6 +259,8 @@ def train_stage(ctx: Context, name: str, block, model_cfg: ModelConfig, params_h
                                       block.upsample_last_fraction, dict(block.upsample_factors))
     if any(abs(want[d] - loader.weights[d]) > 1e-12 for d in domains):
       loader.set_weights(want)
+    if schedule is not None:
+      state = _update_masks(ctx, name, schedule, state, step, shardings)
     batch = loader.next_batch()
     domain_rows = np.bincount(batch.pop("domain"), minlength=len(domains))
     t0 = time.time()

@@ -35,7 +35,7 @@ _log = logging.getLogger(__name__)
 # Keys that may differ between invocations on one workdir (everything else must match).
 _RESUMABLE_KEYS = ("stages", "overwrite", "init_from")
 # Ways to choose masks; every one ends in the same finalize (fold + slice).
-PRUNE_METHODS = ("learned", "magnitude", "random", "importance", "layerchop")
+PRUNE_METHODS = ("learned", "magnitude", "random", "importance", "layerchop", "dimchop")
 _WIDTH_METHODS = ("importance", "magnitude", "random", "none")  # prune.layerchop_width
 
 
@@ -166,6 +166,9 @@ def prune_spec(cfg, src: ModelConfig) -> PruneSpec:
   if cfg.prune.method not in PRUNE_METHODS:
     raise JShearError(f"config.prune.method={cfg.prune.method!r} (known: {list(PRUNE_METHODS)})")
   validate_target(src, target, groups)
+  if cfg.prune.method == "dimchop":
+    from jshear.prune import iterative
+    iterative.check_dimchop(cfg.prune)
   if cfg.prune.method == "layerchop":
     from jshear.prune import layerchop
     layerchop.dropped_layers(src.num_layers, target.num_layers, cfg.prune.layerchop_layout)
@@ -179,7 +182,37 @@ def prune_spec(cfg, src: ModelConfig) -> PruneSpec:
                         f"is narrower than the source in {narrower}; set layerchop_width to "
                         f"importance, magnitude or random, or keep those target fields at the "
                         f"source's values")
+    if cfg.prune.layerchop_every:
+      from jshear.prune import iterative
+      n = len(layerchop.dropped_layers(src.num_layers, target.num_layers,
+                                       cfg.prune.layerchop_layout))
+      iterative.check_layerchop(int(cfg.prune.layerchop_every), int(cfg.prune.steps), n)
   return PruneSpec(target, groups, cfg.prune.constraint, cfg.prune.target_warmup_steps)
+
+
+def trains_in_prune(cfg) -> bool:
+  """Whether the prune stage trains the weights (learned masks and iterative pruning) rather
+  than choosing masks in one shot."""
+  m = cfg.prune.method
+  return m in ("learned", "dimchop") or (m == "layerchop" and bool(cfg.prune.layerchop_every))
+
+
+def mask_schedule(cfg, mcfg: ModelConfig, params, spec: PruneSpec, *, workdir, data_dir, mesh):
+  """The iterative methods' `MaskSchedule` (dimchop, gradual layerchop)."""
+  from jshear.prune import importance, iterative, layerchop
+  if cfg.prune.method == "dimchop":
+    if not data_dir:
+      raise JShearError("prune.method dimchop needs calibration data (config.data)")
+    rows = importance.calibration_rows(data_dir, cfg.prune.calib_rows)
+    score = importance.make_scorer(mcfg, mesh)
+    return iterative.dimchop_schedule(cfg, mcfg, spec.target, spec.groups,
+                                      lambda p: score(p, rows, cfg.prune.calib_batch))
+  final = one_shot_masks(cfg, mcfg, params, spec, workdir=workdir, data_dir=data_dir, mesh=mesh)
+  dropped = layerchop.dropped_layers(mcfg.num_layers, spec.target.num_layers,
+                                     cfg.prune.layerchop_layout)
+  return iterative.layerchop_schedule(mcfg, spec.target, spec.groups,
+                                      int(cfg.prune.layerchop_every), int(cfg.prune.steps),
+                                      dropped, final)
 
 
 def _done(workdir, stage):
@@ -318,6 +351,12 @@ def _run_stages(cfg, workdir, stages, mesh, writer) -> dict:
     elif stage == "prune" and cfg.prune.method == "learned":
       state, _ = train_stage(ctx, "prune", cfg.prune, mcfg, params, spec)
       save_mask_artefacts(workdir, jax.tree.map(shd.to_host, state["prune"]), mcfg, spec)
+    elif stage == "prune" and trains_in_prune(cfg):
+      schedule = mask_schedule(cfg, mcfg, params, spec, workdir=workdir, data_dir=data_dir,
+                               mesh=mesh)
+      state, _ = train_stage(ctx, "prune", cfg.prune, mcfg, params, schedule=schedule)
+      final = {g: shd.to_host(m) for g, m in state["masks"].items()}
+      save_mask_artefacts(workdir, None, mcfg, spec, final)
     elif stage == "prune":
       save_mask_artefacts(workdir, None, mcfg, spec, one_shot_masks(
           cfg, mcfg, params, spec, workdir=workdir, data_dir=data_dir, mesh=mesh))
@@ -327,8 +366,11 @@ def _run_stages(cfg, workdir, stages, mesh, writer) -> dict:
         raise JShearError(f"stage finalize needs {masks_path} from a finished prune stage")
       with np.load(masks_path) as f:
         masks = {k: f[k] for k in f.files}
-      if cfg.prune.method == "learned":  # the weights were trained along with the masks
-        params = gather_params(restore_final_state(ctx, "prune", cfg.prune, mcfg, spec)["params"])
+      if trains_in_prune(cfg):  # the weights were trained along with the masks
+        learned = cfg.prune.method == "learned"
+        params = gather_params(restore_final_state(
+            ctx, "prune", cfg.prune, mcfg, spec if learned else None,
+            None if learned else spec.groups)["params"])
       if mcfg.tie_embeddings and "hidden" in masks:
         # Keep a tied source tied: hidden channels survive at weight 1 (see finalize.py).
         masks["hidden"] = (masks["hidden"] != 0).astype(np.float32)

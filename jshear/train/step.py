@@ -2,7 +2,9 @@
 
 State is a plain dict pytree:
   step, params, opt_state, rng (raw key data), skipped, bad_streak, and `prune` (a
-  PruneState) only in the pruning stage.
+  PruneState) only in the learned-mask pruning stage, or `masks` (fixed 0/1 masks the loop
+  replaces between steps) and `mask_ste` (their straight-through gradient weight) in
+  iterative pruning (DimCHOP, gradual LayerCHOP).
 Loss = LM loss (+ the Lagrangian when `prune` is present) (+ distillation from teachers
 passed as the step's third argument, see
 `jshear.distill`). Gradients are accumulated over micro-batches with `lax.scan`;
@@ -28,12 +30,15 @@ def _trainable(state):
   return {k: state[k] for k in ("params", "prune") if k in state}
 
 
-def init_state(params, optimizer, seed: int, prune=None) -> dict:
+def init_state(params, optimizer, seed: int, prune=None, masks=None) -> dict:
   state = {"step": jnp.zeros((), jnp.int32), "params": params,
            "rng": jax.random.key_data(jax.random.key(seed)),
            "skipped": jnp.zeros((), jnp.int32), "bad_streak": jnp.zeros((), jnp.int32)}
   if prune is not None:
     state["prune"] = prune
+  if masks is not None:
+    state["masks"] = {g: jnp.asarray(m, jnp.float32) for g, m in masks.items()}
+    state["mask_ste"] = jnp.zeros((), jnp.float32)
   state["opt_state"] = optimizer.init(_trainable(state))
   return state
 
@@ -57,12 +62,14 @@ def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, *
   [B, T] (domain etc. are ignored). With `distill` (a `jshear.distill.Distiller`) the step
   is step(state, batch, teachers), teachers a list of teacher param trees."""
 
-  def micro_loss(trainable, mb, step, mask_rng, total_tokens, teachers):
-    masks = sample_masks(trainable["prune"], mask_rng, step) if "prune" in trainable else None
+  def micro_loss(trainable, mb, step, mask_rng, total_tokens, teachers, fixed):
+    masks, ste = fixed if fixed is not None else (None, None)
+    if "prune" in trainable:
+      masks = sample_masks(trainable["prune"], mask_rng, step)
     want_hidden = distill is not None and distill.needs_hidden
     out = forward(trainable["params"], mb["tokens"], masks, cfg=cfg,
                   positions=mb.get("positions"), segment_ids=mb.get("segment_ids"),
-                  compute_dtype=compute_dtype, return_hidden=want_hidden)
+                  compute_dtype=compute_dtype, return_hidden=want_hidden, mask_ste=ste)
     logits, hidden = out if want_hidden else (out, None)
     nll, _ = nll_sum(logits, mb)
     loss, metrics = nll / total_tokens, {}
@@ -81,10 +88,11 @@ def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, *
     total_tokens = jnp.maximum(jnp.sum(weights), 1.0)
     micro = split_micro(batch, grad_accum, micro_sharding)
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+    fixed = (state["masks"], state["mask_ste"]) if "masks" in state else None
 
     def accumulate(carry, mb):
       g_acc, nll_acc = carry
-      (_, (nll, m)), g = grad_fn(trainable, mb, step, mask_rng, total_tokens, teachers)
+      (_, (nll, m)), g = grad_fn(trainable, mb, step, mask_rng, total_tokens, teachers, fixed)
       return (jax.tree.map(jnp.add, g_acc, g), nll_acc + nll), m
 
     zeros = jax.tree.map(jnp.zeros_like, trainable)
