@@ -200,7 +200,7 @@ class Distiller:
       t_logits, t_hidden = (branches[0]() if len(branches) == 1
                             else jax.lax.switch(idx, branches))
       t_logits, t_hidden = jax.lax.stop_gradient((t_logits, t_hidden))
-      kd = kd_sum(logits[:, :-1], t_logits[:, :-1], weights, self.temperature) / total_tokens
+      kd = kd_sum(logits, t_logits, weights, self.temperature) / total_tokens
       hid = jnp.zeros((), jnp.float32)
       if self.needs_hidden:
         s_h = student_hidden[jnp.asarray(self.hidden_layers)]

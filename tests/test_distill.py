@@ -50,6 +50,8 @@ def _kl_by_hand(s, t, T):
   """Mean over predicted tokens of T^2 KL(softmax(t/T) || softmax(s/T)), plain numpy."""
   _, w = token_targets(MB)
   w = np.asarray(w, np.float64)
+  assert not w[:, -1].any()  # the last position predicts nothing
+  w = w[:, :-1]
   lt, ls = _log_softmax(t[:, :-1] / T), _log_softmax(s[:, :-1] / T)
   kl = (np.exp(lt) * (lt - ls)).sum(-1)
   return T * T * (kl * w).sum() / w.sum()

@@ -35,14 +35,16 @@ from jshear.errors import JShearError
 def _eval_fn(cfg, compute_dtype=None):
   import jax
   import jax.numpy as jnp
-  import optax
   from jshear.model.transformer import forward
+  from jshear.train.loss import token_nll
 
   def fn(params, masks, tokens, positions, segment_ids, weights):
     logits = forward(params, tokens, masks, cfg=cfg, positions=positions,
                      segment_ids=segment_ids, compute_dtype=compute_dtype)
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], tokens[:, 1:])
-    return jnp.sum(nll * weights), jnp.sum(weights)
+    targets = jnp.pad(tokens[:, 1:], ((0, 0), (0, 1)))
+    if weights.shape[1] == tokens.shape[1] - 1:  # per-target weights: the last position has none
+      weights = jnp.pad(weights, ((0, 0), (0, 1)))
+    return jnp.sum(token_nll(logits, targets) * weights), jnp.sum(weights)
 
   return jax.jit(fn)
 
