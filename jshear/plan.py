@@ -43,18 +43,25 @@ def plan(cfg, stage: str, mcfg, mesh, hbm_gb: float) -> dict:
   import numpy as np
 
   from jshear import sharding as shd
+  from jshear.errors import JShearError
   from jshear.prune.targets import target_config
   from jshear.train.loop import Context, _dtype, state_plan
-  from jshear.train.pipeline import prune_spec
+  from jshear.train.pipeline import prune_spec, trains_in_prune
   from jshear.train.step import make_train_step
 
   block = {"prune": cfg.prune, "continue": cfg.continued, "pretrain": cfg.pretrain}[stage]
   spec = prune_spec(cfg, mcfg) if stage == "prune" else None
+  mask_groups = None
+  if spec is not None and cfg.prune.method != "learned":
+    if not trains_in_prune(cfg):
+      raise JShearError(f"prune.method={cfg.prune.method!r} chooses masks in one shot: its prune "
+                        f"stage does not train, so there is no step to plan")
+    spec, mask_groups = None, prune_spec(cfg, mcfg).groups  # iterative: fixed masks in state
   if stage == "continue" and cfg.prune.target.num_layers:
     mcfg = target_config(mcfg, prune_spec(cfg, mcfg).target)
   shd.validate_layout(mesh, block.batch_size, block.grad_accum, mcfg.num_heads)
   ctx = Context(cfg=cfg, workdir="", mesh=mesh, writer=None, data_dir="")
-  optimizer, _, _, abstract, shardings = state_plan(ctx, stage, block, mcfg, spec)
+  optimizer, _, _, abstract, shardings = state_plan(ctx, stage, block, mcfg, spec, mask_groups)
   abstract_sh = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                              abstract, shardings)
   T = cfg.data.seq_len
