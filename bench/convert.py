@@ -2,6 +2,9 @@
 or 1B-shaped with --small: import-hf and export-hf each run as a child process, timed, with
 their peak RSS, beside a plain sequential read of the same safetensors files in the same run.
 Targets: peak RSS < 3 GiB, import >= 50% of the plain-read throughput.
+For context it also times what every import pays regardless of its own speed: a child that only
+imports the converter (interpreter + jax start-up), and a plain copy of the files (writing as
+many bytes as the import does).
 
   python bench/convert.py [--small] [--dir /big/tmp]
 """
@@ -68,6 +71,17 @@ def write_checkpoint(path: str, s: dict, shard_bytes: int = 2 << 30) -> int:
   return total
 
 
+def plain_copy(path: str, dst: str) -> float:
+  os.makedirs(dst)
+  t = time.perf_counter()
+  for name in sorted(os.listdir(path)):
+    if name.endswith(".safetensors"):
+      shutil.copyfile(os.path.join(path, name), os.path.join(dst, name))
+  s = time.perf_counter() - t
+  shutil.rmtree(dst)
+  return s
+
+
 def plain_read(path: str) -> float:
   t = time.perf_counter()
   for name in sorted(os.listdir(path)):
@@ -108,10 +122,13 @@ def main():
     py = [sys.executable, "-m", "jshear.convert"]
     imp_s, imp_rss = child(py + ["import-hf", hf, ckpt])
     exp_s, exp_rss = child(py + ["export-hf", ckpt, out])
+    startup_s, _ = child([sys.executable, "-c", "import jshear.convert.hf_import"])
+    copy_s = plain_copy(hf, os.path.join(root, "copy"))
     gb = total / 1e9
     common.emit(bench="convert", shape=size, bytes=total, plain_read_gb_per_s=gb / read_s,
                 import_s=imp_s, import_gb_per_s=gb / imp_s, import_vs_plain_read=read_s / imp_s,
-                import_peak_rss_gib=imp_rss, export_s=exp_s, export_peak_rss_gib=exp_rss)
+                import_peak_rss_gib=imp_rss, export_s=exp_s, export_peak_rss_gib=exp_rss,
+                import_startup_s=startup_s, plain_copy_s=copy_s)
   finally:
     shutil.rmtree(root, ignore_errors=True)
 

@@ -92,3 +92,24 @@ def test_cli_runs_as_module(tmp_path, hf_dir):
                       str(tmp_path / "out")], capture_output=True, text=True)
   assert r.returncode == 2
   assert "is not a jshear model directory" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_truncated_safetensors(tmp_path, hf_dir, capsys):
+  path = os.path.join(hf_dir, "model.safetensors")
+  os.truncate(path, os.path.getsize(path) - 100)
+  out = str(tmp_path / "ckpt")
+  _fails(capsys, ["import-hf", hf_dir, out], "model.safetensors is not a readable safetensors file", out)
+
+
+def test_garbled_safetensors_header(tmp_path, hf_dir, capsys):
+  with open(os.path.join(hf_dir, "model.safetensors"), "r+b") as f:
+    f.write((1 << 40).to_bytes(8, "little"))
+  out = str(tmp_path / "ckpt")
+  _fails(capsys, ["import-hf", hf_dir, out], "model.safetensors is not a readable safetensors file", out)
+
+
+def test_unsupported_tensor_dtype(tmp_path, hf_dir, capsys):
+  name = "model.layers.1.self_attn.o_proj.weight"
+  _rewrite(hf_dir, lambda t: t.update({name: t[name].astype("int32")}))
+  out = str(tmp_path / "ckpt")
+  _fails(capsys, ["import-hf", hf_dir, out], "has dtype I32; jshear imports F32, BF16", out)
