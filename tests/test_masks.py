@@ -116,4 +116,3 @@ def test_gqa_slice_refuses_heads_outside_kept_groups():
   cfg, params = tiny("llama")
   with pytest.raises(JShearError, match="not in kept KV group"):
     slice_model(cfg, params, {"kv": np.array([[0, 1]] * 3), "heads": np.array([[0, 1, 4, 5]] * 3)})
-
