@@ -14,7 +14,8 @@ import hf_tiny
 from jshear import model_io
 from jshear.convert import hf_names
 from jshear.convert.hf_export import export_model_dir
-from jshear.convert.hf_import import _transposed, import_hf
+from jshear.convert.hf_import import import_hf
+from jshear.convert.hf_names import transpose_2d
 from jshear.eval.testing import tiny_cfg
 from jshear.model.params import fuse_layers
 
@@ -30,7 +31,7 @@ def test_transposed_moves_exact_bits(dtype, shape):
   raw = np.random.default_rng(0).integers(0, 256, (*shape, size), dtype=np.uint8)
   w = raw.view(dtype).reshape(shape)
   for src in (w, w[:, ::2]):  # also a non-contiguous input
-    t = _transposed(src)
+    t = transpose_2d(src)
     assert t.dtype == src.dtype and t.shape == src.shape[::-1] and t.flags.c_contiguous
     assert t.tobytes() == np.ascontiguousarray(src.T).tobytes()
 

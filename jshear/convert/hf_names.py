@@ -85,13 +85,35 @@ def to_jshear(cfg: ModelConfig, part: str, w: np.ndarray) -> np.ndarray:
   return w
 
 
+def transpose_2d(w: np.ndarray, rows: int = 16) -> np.ndarray:
+  """C-contiguous `w.T` of a 2-D array; moves raw bytes, so it is exact for any dtype.
+
+  This is most of a conversion's work and numpy's own copy walks the source column by column
+  (~0.3 GB/s for bf16 here). Instead: view each run of 16 bytes along a row as one element,
+  transpose those 16 source rows at a time (both sides stay in cache), then split the runs
+  back into columns with long contiguous copies. ~2 GB/s for bf16, vs ~1.3 without the runs."""
+  w = np.ascontiguousarray(w)
+  (R, C), size = w.shape, w.dtype.itemsize
+  k = 16 // size if size <= 16 and 16 % size == 0 and C % (16 // size) == 0 else 1
+  runs = w.view(np.dtype(f"V{size * k}"))  # [R, C // k]
+  t = np.empty((C // k, R), runs.dtype)
+  for i in range(0, R, rows):
+    t[:, i:i + rows] = runs[i:i + rows].T
+  if k == 1:
+    return t.view(w.dtype)
+  out = np.empty((C // k, k, R), np.dtype(f"V{size}"))
+  out[...] = t.view(out.dtype).reshape(C // k, R, k).transpose(0, 2, 1)
+  return out.reshape(C, R).view(w.dtype)
+
+
 def to_hf(cfg: ModelConfig, part: str, w: np.ndarray) -> np.ndarray:
   """Inverse of `to_jshear`; returns a contiguous array ready for safetensors."""
   D = cfg.hidden_size
+  w = np.asarray(w)
   if part in ("wq", "wk", "wv"):
-    w = w.reshape(D, -1).T
-  elif part == "wo":
-    w = w.reshape(-1, D).T
-  elif part in ("w_gate", "w_up", "w_down", "lm_head"):
-    w = w.T
+    return transpose_2d(w.reshape(D, -1))
+  if part == "wo":
+    return transpose_2d(w.reshape(-1, D))
+  if part in ("w_gate", "w_up", "w_down", "lm_head"):
+    return transpose_2d(w)
   return np.ascontiguousarray(w)
