@@ -99,9 +99,6 @@ class TensorReader:
     with self._open(src) as f:
       return f.get_tensor(name)
 
-  def close(self) -> None:
-    """Nothing stays open between reads; kept so callers can release readers uniformly."""
-
 
 def _pickle_tensors(paths):
   try:
@@ -165,18 +162,14 @@ def read_hf_params(hf_dir: str, cfg: ModelConfig | None = None, allow_pickle: bo
   """Returns (cfg, params as numpy), the whole model in memory."""
   cfg = cfg or ModelConfig.from_hf_dir(hf_dir)
   params = {"layers": {}}
-  reader = TensorReader(hf_dir, allow_pickle)
-  try:
-    for name, layer, w in iter_hf_params(reader, cfg):
-      if layer is None:
-        params[name] = w
-        continue
-      leaf = name.split(".", 1)[1]
-      if leaf not in params["layers"]:
-        params["layers"][leaf] = np.empty((cfg.num_layers,) + w.shape, w.dtype)
-      params["layers"][leaf][layer] = w
-  finally:
-    reader.close()
+  for name, layer, w in iter_hf_params(TensorReader(hf_dir, allow_pickle), cfg):
+    if layer is None:
+      params[name] = w
+      continue
+    leaf = name.split(".", 1)[1]
+    if leaf not in params["layers"]:
+      params["layers"][leaf] = np.empty((cfg.num_layers,) + w.shape, w.dtype)
+    params["layers"][leaf][layer] = w
   return cfg, params
 
 
@@ -190,17 +183,14 @@ def import_hf(hf_dir: str, out_dir: str, overwrite: bool = False,
     raise JShearError(f"output {out_dir} already exists (pass --overwrite to replace it)")
   cfg = ModelConfig.from_hf_dir(hf_dir)
   reader = TensorReader(hf_dir, allow_pickle)
-  try:
-    # Each parameter keeps its stored dtype (fused parallel weights take q_proj's).
-    dtypes = {part: reader.dtype(name) for part, name in hf_names.global_table(cfg).items()}
-    for part, suffix in hf_names.layer_table(cfg).items():
-      dtypes[f"layers.{part}"] = reader.dtype(hf_names.hf_layer_name(0, suffix))
-    if cfg.family == "parallel":
-      dtypes["layers.w_in"] = dtypes["layers.w_out"] = dtypes["layers.wq"]
-    with model_io.model_writer(out_dir, cfg, dtypes, tokenizer_dir=hf_dir,
-                               overwrite=overwrite) as writer:
-      for name, layer, w in iter_hf_params(reader, cfg):
-        writer.write(name, w, layer)  # nothing changes w later, so it may stay queued
-  finally:
-    reader.close()
+  # Each parameter keeps its stored dtype (fused parallel weights take q_proj's).
+  dtypes = {part: reader.dtype(name) for part, name in hf_names.global_table(cfg).items()}
+  for part, suffix in hf_names.layer_table(cfg).items():
+    dtypes[f"layers.{part}"] = reader.dtype(hf_names.hf_layer_name(0, suffix))
+  if cfg.family == "parallel":
+    dtypes["layers.w_in"] = dtypes["layers.w_out"] = dtypes["layers.wq"]
+  with model_io.model_writer(out_dir, cfg, dtypes, tokenizer_dir=hf_dir,
+                             overwrite=overwrite) as writer:
+    for name, layer, w in iter_hf_params(reader, cfg):
+      writer.write(name, w, layer)  # nothing changes w later, so it may stay queued
   return os.path.abspath(out_dir)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jshear.model import layers as L
 from jshear.model.config import ModelConfig
 from jshear.model.masks import per_layer_masks, validate_masks
-from jshear.model.transformer import block_fn
+from jshear.model.transformer import block_fn, final_norm, output_logits
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=jnp.float32) -> dict:
@@ -98,16 +98,10 @@ def lm_head(params, h, *, cfg: ModelConfig, masks=None, compute_dtype=None):
   """Final norm + output projection (as `forward` ends) on hidden states h [..., D] -> fp32
   logits [..., V]."""
   hidden = (masks or {}).get("hidden")
-  norm_w = params["final_norm"]
-  head = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
+  out = {k: params[k] for k in ("final_norm", "embed" if cfg.tie_embeddings else "lm_head")}
   if compute_dtype is not None:
-    norm_w, head = norm_w.astype(compute_dtype), head.astype(compute_dtype)
-  norm = L.rms_norm if cfg.family == "llama" else L.layer_norm
-  x = norm(h, norm_w, cfg.norm_eps, hidden)
-  logits = jnp.einsum("...d,dv->...v", x, head, preferred_element_type=jnp.float32)
-  if cfg.logit_scale != 1.0:
-    logits = logits * cfg.logit_scale
-  return logits
+    out = {k: v.astype(compute_dtype) for k, v in out.items()}
+  return output_logits(final_norm(h, out, cfg, hidden), out, cfg)
 
 
 def tree_mask(doc_ids, branch_ids):

@@ -84,6 +84,26 @@ def block_fn(cfg):
   return llama_block if cfg.family == "llama" else parallel_block
 
 
+def causal_attend(cfg, segment_ids):
+  """The training-time `attend` for the blocks: causal, inside each packed document."""
+  def attend(q, k, v):
+    return attention(q, k, v, causal=True, segment_ids=segment_ids,
+                     impl=cfg.attention_impl), None
+  return attend
+
+
+def final_norm(x, params, cfg, hidden=None, ste=None):
+  norm = L.rms_norm if cfg.family == "llama" else L.layer_norm
+  return norm(x, params["final_norm"], cfg.norm_eps, hidden, ste)
+
+
+def output_logits(x, params, cfg):
+  """fp32 logits [..., V] from final-normed hidden states [..., D] (tied or untied head)."""
+  head = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
+  logits = jnp.einsum("...d,dv->...v", x, head, preferred_element_type=jnp.float32)
+  return logits * cfg.logit_scale if cfg.logit_scale != 1.0 else logits
+
+
 def forward(params, tokens, masks=None, *, cfg: ModelConfig, positions=None, segment_ids=None,
             compute_dtype=None, return_hidden=False, mask_ste=None):
   """Logits [B, T, V] in fp32 for `tokens` [B, T].
@@ -108,10 +128,7 @@ def forward(params, tokens, masks=None, *, cfg: ModelConfig, positions=None, seg
   x = _scale_last(x, hidden, mask_ste)
   rope = L.rope_cos_sin(cfg, positions)
   block = block_fn(cfg)
-
-  def attend(q, k, v):
-    return attention(q, k, v, causal=True, segment_ids=segment_ids,
-                     impl=cfg.attention_impl), None
+  attend = causal_attend(cfg, segment_ids)
 
   def body(x, xs):
     lp, lm = xs
@@ -131,10 +148,5 @@ def forward(params, tokens, masks=None, *, cfg: ModelConfig, positions=None, seg
       x, h = body(x, jax.tree.map(lambda a: a[i], (params["layers"], layer_masks)))
       hs.append(h)
     hiddens = jnp.stack(hs) if return_hidden else None
-  norm = L.rms_norm if cfg.family == "llama" else L.layer_norm
-  x = norm(x, params["final_norm"], cfg.norm_eps, hidden, mask_ste)
-  head = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
-  logits = jnp.einsum("btd,dv->btv", x, head, preferred_element_type=jnp.float32)
-  if cfg.logit_scale != 1.0:
-    logits = logits * cfg.logit_scale
+  logits = output_logits(final_norm(x, params, cfg, hidden, mask_ste), params, cfg)
   return (logits, hiddens) if return_hidden else logits

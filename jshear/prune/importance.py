@@ -32,9 +32,8 @@ import numpy as np
 
 from jshear.errors import JShearError
 from jshear.model import layers as L
-from jshear.model.attention import attention
 from jshear.model.config import ModelConfig
-from jshear.model.transformer import block_fn
+from jshear.model.transformer import block_fn, causal_attend, final_norm, output_logits
 
 _log = logging.getLogger(__name__)
 SCORE_GROUPS = ("layer", "head", "kv", "intermediate", "hidden")
@@ -80,10 +79,7 @@ def instrumented_forward(params, tokens, *, cfg: ModelConfig, positions=None, se
   x = jnp.take(params["embed"], tokens, axis=0)
   rope = L.rope_cos_sin(cfg, positions)
   block = block_fn(cfg)
-
-  def attend(q, k, v):
-    return attention(q, k, v, causal=True, segment_ids=segment_ids,
-                     impl=cfg.attention_impl), None
+  attend = causal_attend(cfg, segment_ids)
 
   def body(x, lp):
     out, aux, _ = block(cfg, x, lp, {}, None, rope, attend)
@@ -95,14 +91,9 @@ def instrumented_forward(params, tokens, *, cfg: ModelConfig, positions=None, se
     return out, stats
 
   x, stats = jax.lax.scan(body, x, params["layers"])
-  norm = L.rms_norm if cfg.family == "llama" else L.layer_norm
-  x = norm(x, params["final_norm"], cfg.norm_eps)
+  x = final_norm(x, params, cfg)
   stats["final_norm"] = _seq_mean(jnp.abs(x), w)
-  head = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
-  logits = jnp.einsum("btd,dv->btv", x, head, preferred_element_type=jnp.float32)
-  if cfg.logit_scale != 1.0:
-    logits = logits * cfg.logit_scale
-  return logits, stats
+  return output_logits(x, params, cfg), stats
 
 
 def batch_sums(stats, segment_ids=None):
