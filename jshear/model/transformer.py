@@ -39,16 +39,15 @@ def llama_block(cfg, x, lp, lm, hidden, rope, attend):
   cos, sin = rope
   ste = lm.get("ste")
   h1 = L.rms_norm(x, lp["attn_norm"], cfg.norm_eps, hidden, ste)
-  q = jnp.einsum("btd,dhk->bthk", h1, lp["wq"])
-  k = jnp.einsum("btd,dhk->bthk", h1, lp["wk"])
-  v = jnp.einsum("btd,dhk->bthk", h1, lp["wv"])
+  q, k, v = (L.dense(h1, lp[n]) for n in ("wq", "wk", "wv"))
   q, k = L.apply_rope(q, cos, sin, False), L.apply_rope(k, cos, sin, False)
   ctx, extra = attend(q, k, v)
-  x = x + _scale_last(jnp.einsum("bthk,hkd->btd", _scale_heads(ctx, lm.get("head_scale"), ste),
-                                 lp["wo"]), hidden, ste)
+  x = x + _scale_last(L.dense(_scale_heads(ctx, lm.get("head_scale"), ste), lp["wo"], 2),
+                      hidden, ste)
   h2 = L.rms_norm(x, lp["mlp_norm"], cfg.norm_eps, hidden, ste)
-  act = L.swiglu(h2 @ lp["w_gate"], h2 @ lp["w_up"])
-  x = x + _scale_last(_scale_last(act, lm.get("inter_scale"), ste) @ lp["w_down"], hidden, ste)
+  act = L.swiglu(L.dense(h2, lp["w_gate"]), L.dense(h2, lp["w_up"]))
+  x = x + _scale_last(L.dense(_scale_last(act, lm.get("inter_scale"), ste), lp["w_down"]),
+                      hidden, ste)
   return x, {"ctx": ctx, "act": act, "norms": (h1, h2)}, extra
 
 
@@ -64,7 +63,7 @@ def parallel_block(cfg, x, lp, lm, hidden, rope, attend):
   H, KV, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
   ste = lm.get("ste")
   h = L.layer_norm(x, lp["norm"], cfg.norm_eps, hidden, ste)
-  fused = h @ lp["w_in"]  # one matmul for q, k, v, gate and up
+  fused = L.dense(h, lp["w_in"])  # one matmul for q, k, v, gate and up
   q, k, v, gate, up = jnp.split(fused, _split_points(cfg), axis=-1)
   q, k, v = q.reshape(B, T, H, Dh), k.reshape(B, T, KV, Dh), v.reshape(B, T, KV, Dh)
   if cfg.qk_norm:
@@ -76,7 +75,7 @@ def parallel_block(cfg, x, lp, lm, hidden, rope, attend):
   # One matmul for attention-out and FFN-out: [ctx | act] @ [wo ; w_down].
   cat = jnp.concatenate([_scale_heads(ctx, lm.get("head_scale"), ste).reshape(B, T, H * Dh),
                          _scale_last(act, lm.get("inter_scale"), ste)], axis=-1)
-  return x + _scale_last(cat @ lp["w_out"], hidden, ste), {"ctx": ctx, "act": act,
+  return x + _scale_last(L.dense(cat, lp["w_out"]), hidden, ste), {"ctx": ctx, "act": act,
                                                       "norms": (h,)}, extra
 
 
@@ -100,7 +99,7 @@ def final_norm(x, params, cfg, hidden=None, ste=None):
 def output_logits(x, params, cfg):
   """fp32 logits [..., V] from final-normed hidden states [..., D] (tied or untied head)."""
   head = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
-  logits = jnp.einsum("...d,dv->...v", x, head, preferred_element_type=jnp.float32)
+  logits = L.dense(x, head, preferred_element_type=jnp.float32)
   return logits * cfg.logit_scale if cfg.logit_scale != 1.0 else logits
 
 
