@@ -100,6 +100,26 @@ def test_pallas_matches_xla(B, T, N, KV, D, causal, packed, blocks, dtype):
     _assert_close(got, exact, 2e-2, relative=True)
 
 
+@pytest.mark.parametrize("B,T,S,N,KV,causal,packed,dtype", [
+    (2, 50, 50, 8, 2, True, True, jnp.float32), (1, 24, 40, 6, 3, True, False, jnp.float32),
+    (1, 40, 24, 4, 4, False, False, jnp.float32), (2, 33, 33, 8, 8, False, True, jnp.float32),
+    (1, 50, 50, 8, 2, True, True, jnp.bfloat16)])
+def test_xla_reference_matches_jax_dot_product_attention(B, T, S, N, KV, causal, packed, dtype):
+  """jshear's grouped-layout XLA path computes what jax.nn.dot_product_attention does, values
+  and gradients, for GQA, packed segments, T != S and bf16."""
+  q, k, v, ct = _inputs(B, T, N, KV, 64, dtype, S=S)
+  seg = _segments(B, T) if packed else None
+  mask = None if seg is None else (seg[:, :, None] == seg[:, None, :])[:, None]
+  got = _fwd_bwd(lambda q, k, v: xla_attention(q, k, v, causal=causal, segment_ids=seg),
+                 q, k, v, ct)
+  want = _fwd_bwd(lambda q, k, v: jax.nn.dot_product_attention(
+      q, k, v, mask=mask, is_causal=causal, implementation="xla"), q, k, v, ct)
+  if dtype == jnp.float32:
+    _assert_close(got, want, 1e-5)
+  else:
+    _assert_close(got, want, 1e-2, relative=True)
+
+
 @pytest.mark.parametrize("T,S", [(24, 40), (40, 24)])
 def test_pallas_cross_lengths_causal_top_left(T, S):
   """T != S: causal is top-left aligned like jax.nn.dot_product_attention."""

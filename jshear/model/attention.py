@@ -6,7 +6,7 @@ config, and the XLA reference path works on every backend.
     segment_ids [B, T] (packed documents attend only within themselves); -> [B, T, N, Dh]
 
 impl
-  xla     `jax.nn.dot_product_attention(implementation="xla")`; every backend.
+  xla     plain XLA ops, the maths of `jax.nn.dot_product_attention`; every backend.
   cudnn   cuDNN flash attention via `jax.nn.dot_product_attention`; GPU only (JShearError
           elsewhere).
   pallas  jshear's Pallas flash attention (`jshear.kernels.flash_attention`): GPU via the
@@ -50,9 +50,30 @@ def _segment_mask(segment_ids):
 
 
 def xla_attention(q, k, v, *, causal=True, segment_ids=None):
-  """Reference path. q [B, T, N, Dh]; k, v [B, S, KV, Dh] with N % KV == 0 (GQA native)."""
-  return jax.nn.dot_product_attention(
-      q, k, v, mask=_segment_mask(segment_ids), is_causal=causal, implementation="xla")
+  """Reference path. q [B, T, N, Dh]; k, v [B, S, KV, Dh] with N % KV == 0 (GQA native).
+
+  Same maths as `jax.nn.dot_product_attention(implementation="xla")` (scores and softmax in
+  fp32, causal top-left aligned), laid out as [B, KV, G*T, Dh] so each KV head's G query
+  heads share one plain batched matmul: XLA:CPU ran the fwd+bwd ~1.8x faster this way."""
+  B, T, N, Dh = q.shape
+  S, KV = k.shape[1], k.shape[2]
+  G = N // KV
+  f32 = jnp.promote_types(q.dtype, jnp.float32)
+  qg = q.reshape(B, T, KV, G, Dh).transpose(0, 2, 3, 1, 4).reshape(B, KV, G * T, Dh)
+  kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+  s = jnp.einsum("bkqd,bksd->bkqs", qg, kh, preferred_element_type=f32).reshape(B, KV, G, T, S)
+  s = s * jnp.asarray(Dh ** -0.5, f32)
+  keep = None
+  if causal:
+    keep = jnp.arange(T)[:, None] >= jnp.arange(S)[None, :]
+  if segment_ids is not None:
+    same = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None, None]
+    keep = same if keep is None else same & keep
+  if keep is not None:
+    s = jnp.where(keep, s, jnp.asarray(-0.7 * jnp.finfo(jnp.float32).max, f32))
+  p = jax.nn.softmax(s.astype(jnp.float32), axis=-1).astype(v.dtype).reshape(B, KV, G * T, S)
+  out = jnp.einsum("bkqs,bksd->bkqd", p, vh)
+  return out.reshape(B, KV, G, T, Dh).transpose(0, 3, 1, 2, 4).reshape(B, T, N, Dh)
 
 
 def _pallas_head_dim_ok(d: int) -> bool:

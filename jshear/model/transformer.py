@@ -142,9 +142,13 @@ def forward(params, tokens, masks=None, *, cfg: ModelConfig, positions=None, seg
   if cfg.scan_layers:
     x, hiddens = jax.lax.scan(body, x, (params["layers"], layer_masks))
   else:
+    # Unstack once with split: its transpose is one concatenate, where per-layer indexing
+    # would pad every layer's gradient to the full stack and add them up.
+    per_layer = jax.tree.map(lambda a: [t[0] for t in jnp.split(a, cfg.num_layers)],
+                             (params["layers"], layer_masks))
     hs = []
     for i in range(cfg.num_layers):
-      x, h = body(x, jax.tree.map(lambda a: a[i], (params["layers"], layer_masks)))
+      x, h = body(x, jax.tree.map(lambda a: a[i], per_layer, is_leaf=lambda a: isinstance(a, list)))
       hs.append(h)
     hiddens = jnp.stack(hs) if return_hidden else None
   logits = output_logits(final_norm(x, params, cfg, hidden, mask_ste), params, cfg)
