@@ -2,8 +2,9 @@
 
   python bench/attention.py            # GPU: pallas vs cudnn vs xla, bf16, head_dim 128,
                                        #      causal, seq 2048/4096/8192 (16k tokens a step)
-  python bench/attention.py --cpu      # CPU: XLA forms only (jax.nn.dot_product_attention vs
-                                       #      a plain einsum softmax), fp32, small sizes
+  python bench/attention.py --cpu      # CPU: XLA forms only (jshear's grouped-layout reference
+                                       #      vs jax.nn.dot_product_attention vs a per-head
+                                       #      einsum softmax), fp32, small sizes
   python bench/attention.py --small    # what `make bench` runs: --cpu off GPU, else GPU
                                        #      figures at seq 2048 only
 
@@ -99,12 +100,13 @@ def main():
   device = jax.devices()[0].device_kind
   if args.cpu or backend != "gpu":
     impls = {
-        "xla_dot_product_attention": lambda q, k, v: attention(q, k, v, causal=True,
-                                                               impl="xla"),
+        "jshear_xla": lambda q, k, v: attention(q, k, v, causal=True, impl="xla"),
+        "jax_dot_product_attention": lambda q, k, v: jax.nn.dot_product_attention(
+            q, k, v, is_causal=True, implementation="xla"),
         "xla_einsum_softmax": lambda q, k, v: einsum_attention(q, k, v, causal=True),
     }
     seqs = (256, 512) if args.small else (256, 512, 1024)
-    run(impls, seqs, tokens=1024, N=4, KV=2, D=64, dtype=jnp.float32,
+    run(impls, seqs, tokens=1024, N=9, KV=3, D=64, dtype=jnp.float32,
         iters=args.iters or 5, device=device)
     return
   impls = {name: (lambda q, k, v, name=name: attention(q, k, v, causal=True, impl=name))

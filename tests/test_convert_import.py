@@ -24,7 +24,8 @@ _NP = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: ml_
 
 @pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float16, np.float32, np.float64,
                                    np.int8])
-@pytest.mark.parametrize("shape", [(0, 3), (1, 8), (8, 1), (5, 7), (17, 64), (40, 24), (33, 16)])
+@pytest.mark.parametrize("shape", [(0, 3), (1, 8), (8, 1), (5, 7), (17, 64), (40, 24), (33, 16),
+                                   (100, 48), (37, 40)])  # bands of several 16-row blocks
 def test_transposed_moves_exact_bits(dtype, shape):
   # Random bytes: NaN payloads and denormals must survive too.
   size = np.dtype(dtype).itemsize

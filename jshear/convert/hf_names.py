@@ -7,6 +7,9 @@ The parallel family is converted through its unfused per-part view (params.unfus
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
+
 import numpy as np
 
 from jshear.model.config import ModelConfig
@@ -85,24 +88,51 @@ def to_jshear(cfg: ModelConfig, part: str, w: np.ndarray) -> np.ndarray:
   return w
 
 
+_POOL = None
+
+
+def _pool():
+  """Threads for transpose bands: numpy copies release the GIL, so bands run in parallel."""
+  global _POOL
+  if _POOL is None:
+    _POOL = concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1))
+  return _POOL
+
+
+def _bands(n: int, parts: int, multiple: int = 1) -> list[tuple[int, int]]:
+  step = max(multiple, -(-n // parts // multiple) * multiple)
+  return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
+
+
 def transpose_2d(w: np.ndarray, rows: int = 16) -> np.ndarray:
   """C-contiguous `w.T` of a 2-D array; moves raw bytes, so it is exact for any dtype.
 
   This is most of a conversion's work and numpy's own copy walks the source column by column
   (~0.3 GB/s for bf16 here). Instead: view each run of 16 bytes along a row as one element,
   transpose those 16 source rows at a time (both sides stay in cache), then split the runs
-  back into columns with long contiguous copies. ~2 GB/s for bf16, vs ~1.3 without the runs."""
+  back into columns with long contiguous copies. Both passes run in row bands on a thread
+  pool. ~1.6 GB/s for bf16 on one core here (numpy's copy: ~0.3), ~2.6 on two."""
   w = np.ascontiguousarray(w)
   (R, C), size = w.shape, w.dtype.itemsize
   k = 16 // size if size <= 16 and 16 % size == 0 and C % (16 // size) == 0 else 1
   runs = w.view(np.dtype(f"V{size * k}"))  # [R, C // k]
   t = np.empty((C // k, R), runs.dtype)
-  for i in range(0, R, rows):
-    t[:, i:i + rows] = runs[i:i + rows].T
+  workers = _pool()._max_workers
+
+  def runs_band(lo, hi):
+    for i in range(lo, hi, rows):
+      t[:, i:min(hi, i + rows)] = runs[i:min(hi, i + rows)].T
+
+  list(_pool().map(lambda b: runs_band(*b), _bands(R, workers, rows)))
   if k == 1:
     return t.view(w.dtype)
   out = np.empty((C // k, k, R), np.dtype(f"V{size}"))
-  out[...] = t.view(out.dtype).reshape(C // k, R, k).transpose(0, 2, 1)
+  split = t.view(out.dtype).reshape(C // k, R, k)
+
+  def split_band(lo, hi):
+    out[lo:hi] = split[lo:hi].transpose(0, 2, 1)
+
+  list(_pool().map(lambda b: split_band(*b), _bands(C // k, workers)))
   return out.reshape(C, R).view(w.dtype)
 
 
