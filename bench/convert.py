@@ -122,6 +122,8 @@ def main():
     py = [sys.executable, "-m", "jshear.convert"]
     imp_s, imp_rss = child(py + ["import-hf", hf, ckpt])
     exp_s, exp_rss = child(py + ["export-hf", ckpt, out])
+    shutil.rmtree(ckpt)  # the copy below needs the space (7B: 4 x 13.5 GB otherwise)
+    shutil.rmtree(out)
     startup_s, _ = child([sys.executable, "-c", "import jshear.convert.hf_import"])
     copy_s = plain_copy(hf, os.path.join(root, "copy"))
     gb = total / 1e9
