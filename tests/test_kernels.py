@@ -114,10 +114,14 @@ def test_xla_reference_matches_jax_dot_product_attention(B, T, S, N, KV, causal,
                  q, k, v, ct)
   want = _fwd_bwd(lambda q, k, v: jax.nn.dot_product_attention(
       q, k, v, mask=mask, is_causal=causal, implementation="xla"), q, k, v, ct)
-  if dtype == jnp.float32:
-    _assert_close(got, want, 1e-5)
-  else:
-    _assert_close(got, want, 1e-2, relative=True)
+  tol, rel = (1e-5, False) if dtype == jnp.float32 else (1e-2, True)
+  _assert_close(got, want, tol, rel)
+  # An explicit [B, T, S] mask (inference's tree masks): a random one, diagonal kept.
+  keep = jax.random.bernoulli(jax.random.key(1), 0.6, (B, T, S)) | jnp.eye(T, S, dtype=bool)
+  got = _fwd_bwd(lambda q, k, v: xla_attention(q, k, v, causal=causal, mask=keep), q, k, v, ct)
+  want = _fwd_bwd(lambda q, k, v: jax.nn.dot_product_attention(
+      q, k, v, mask=keep[:, None], is_causal=causal, implementation="xla"), q, k, v, ct)
+  _assert_close(got, want, tol, rel)
 
 
 @pytest.mark.parametrize("T,S", [(24, 40), (40, 24)])

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from jshear.model import layers as L
+from jshear.model.attention import xla_attention
 from jshear.model.config import ModelConfig
 from jshear.model.masks import per_layer_masks, validate_masks
 from jshear.model.transformer import block_fn, final_norm, output_logits
@@ -46,7 +47,7 @@ def _attend(q, k, v, lk, lv, attn_mask, cache_index):
     lk = jax.lax.dynamic_update_slice(lk, k.astype(lk.dtype), idx)
     lv = jax.lax.dynamic_update_slice(lv, v.astype(lv.dtype), idx)
     k, v = lk.astype(q.dtype), lv.astype(q.dtype)
-  ctx = jax.nn.dot_product_attention(q, k, v, mask=attn_mask[:, None], implementation="xla")
+  ctx = xla_attention(q, k, v, causal=False, mask=attn_mask)
   return ctx, lk, lv
 
 

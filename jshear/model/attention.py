@@ -49,8 +49,9 @@ def _segment_mask(segment_ids):
   return (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
 
 
-def xla_attention(q, k, v, *, causal=True, segment_ids=None):
-  """Reference path. q [B, T, N, Dh]; k, v [B, S, KV, Dh] with N % KV == 0 (GQA native).
+def xla_attention(q, k, v, *, causal=True, segment_ids=None, mask=None):
+  """Reference path. q [B, T, N, Dh]; k, v [B, S, KV, Dh] with N % KV == 0 (GQA native);
+  mask: optional bool [B, T, S], True = may attend (inference's explicit masks).
 
   Same maths as `jax.nn.dot_product_attention(implementation="xla")` (scores and softmax in
   fp32, causal top-left aligned), laid out as [B, KV, G*T, Dh] so each KV head's G query
@@ -69,6 +70,8 @@ def xla_attention(q, k, v, *, causal=True, segment_ids=None):
   if segment_ids is not None:
     same = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None, None]
     keep = same if keep is None else same & keep
+  if mask is not None:
+    keep = mask[:, None, None] if keep is None else mask[:, None, None] & keep
   if keep is not None:
     s = jnp.where(keep, s, jnp.asarray(-0.7 * jnp.finfo(jnp.float32).max, f32))
   p = jax.nn.softmax(s.astype(jnp.float32), axis=-1).astype(v.dtype).reshape(B, KV, G * T, S)
