@@ -88,6 +88,7 @@ def to_jshear(cfg: ModelConfig, part: str, w: np.ndarray) -> np.ndarray:
   return w
 
 
+_WORKERS = min(8, os.cpu_count() or 1)
 _POOL = None
 
 
@@ -95,7 +96,7 @@ def _pool():
   """Threads for transpose bands: numpy copies release the GIL, so bands run in parallel."""
   global _POOL
   if _POOL is None:
-    _POOL = concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1))
+    _POOL = concurrent.futures.ThreadPoolExecutor(_WORKERS)
   return _POOL
 
 
@@ -117,13 +118,12 @@ def transpose_2d(w: np.ndarray, rows: int = 16) -> np.ndarray:
   k = 16 // size if size <= 16 and 16 % size == 0 and C % (16 // size) == 0 else 1
   runs = w.view(np.dtype(f"V{size * k}"))  # [R, C // k]
   t = np.empty((C // k, R), runs.dtype)
-  workers = _pool()._max_workers
 
   def runs_band(lo, hi):
     for i in range(lo, hi, rows):
       t[:, i:min(hi, i + rows)] = runs[i:min(hi, i + rows)].T
 
-  list(_pool().map(lambda b: runs_band(*b), _bands(R, workers, rows)))
+  list(_pool().map(lambda b: runs_band(*b), _bands(R, _WORKERS, rows)))
   if k == 1:
     return t.view(w.dtype)
   out = np.empty((C // k, k, R), np.dtype(f"V{size}"))
@@ -132,7 +132,7 @@ def transpose_2d(w: np.ndarray, rows: int = 16) -> np.ndarray:
   def split_band(lo, hi):
     out[lo:hi] = split[lo:hi].transpose(0, 2, 1)
 
-  list(_pool().map(lambda b: split_band(*b), _bands(C // k, workers)))
+  list(_pool().map(lambda b: split_band(*b), _bands(C // k, _WORKERS)))
   return out.reshape(C, R).view(w.dtype)
 
 
