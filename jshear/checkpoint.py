@@ -11,12 +11,17 @@ next save and at the end, and their errors surface there.
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import jax
 import orbax.checkpoint as ocp
 
+from jshear import distributed
 from jshear.errors import JShearError
+
+
+_OPENED = itertools.count()  # every process opens its checkpointers in the same order
 
 
 class Checkpointer:
@@ -27,6 +32,11 @@ class Checkpointer:
     opts = ocp.CheckpointManagerOptions(
         max_to_keep=keep_last, keep_period=keep_every, create=True,
         enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
+    # Orbax's first cross-process sync may be the run's first gloo collective, whose context
+    # set-up waits only 30 s for the other processes (the 2-process test once failed that way
+    # in a full `make test`); the coordination-service barrier lines them up first and waits
+    # minutes.
+    distributed.barrier(f"checkpointer-{next(_OPENED)}-{self.directory}")
     self.manager = ocp.CheckpointManager(self.directory, options=opts,
                                          item_names=("state", "extra"))
 
