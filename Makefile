@@ -4,6 +4,9 @@ PY := .venv/bin/python
 STAMP := .venv/.installed-$(shell sha1sum requirements.txt | cut -c1-12)
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
+# Transparent huge pages for malloc: XLA:CPU re-faults its per-step buffers otherwise
+# (jshear/hostmem.py; the entry points re-exec with this set when it is missing).
+export GLIBC_TUNABLES := $(if $(GLIBC_TUNABLES),$(GLIBC_TUNABLES):)glibc.malloc.hugetlb=1
 
 .PHONY: setup assets test demo bench clean-venv
 

@@ -10,6 +10,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from jshear import hostmem  # noqa: E402
+
+# Both contenders run in this process, so both get the same allocator setting.
+hostmem.reexec_with_huge_pages()
+
 
 def emit(**kw):
   print(json.dumps(kw), flush=True)

@@ -186,4 +186,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+  from jshear import hostmem
+  hostmem.reexec_with_huge_pages()
   sys.exit(main())

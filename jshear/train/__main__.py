@@ -6,8 +6,13 @@ order and resume where they stopped.
 
 from __future__ import annotations
 
-from absl import app, flags
-from ml_collections import config_flags
+from jshear import hostmem
+
+if __name__ == "__main__":
+  hostmem.reexec_with_huge_pages()
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (configs/*.py).",
                                           lock_config=True)
