@@ -34,6 +34,56 @@ def interleaved(fns: dict, rounds: int = 5, warmup: int = 1) -> dict:
   return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
 
 
+def _serve(conn, factory, kwargs):
+  """Worker side of `interleaved_procs`: build once, then time one call per request."""
+  fn, info = factory(**kwargs)
+  conn.send(info)
+  while conn.recv() == "run":
+    t = time.perf_counter()
+    fn()
+    conn.send(time.perf_counter() - t)
+
+
+def interleaved_procs(contenders: dict, rounds: int = 5, warmup: int = 1, block: int = 1):
+  """Like `interleaved`, but each contender lives in its own process, as it would for a user:
+  {name: (factory, kwargs)}, factory(**kwargs) -> (fn, info dict) runs in the worker, once.
+  Returns ({name: median seconds}, {name: info}, {name: median of the first calls of turns}).
+
+  With block > 1 each turn runs `block` calls in a row and times all but the first: the steady
+  state of a training run. Here a jshear step that directly follows a torch step (in the same
+  process or not) spent ~1.3 s more in the kernel than the next one, faulting in huge pages
+  that the other workload had just fragmented."""
+  import multiprocessing as mp
+  ctx = mp.get_context("spawn")
+  workers, infos = {}, {}
+  try:
+    for name, (factory, kwargs) in contenders.items():  # one at a time: set-up is not timed
+      here, there = ctx.Pipe()
+      proc = ctx.Process(target=_serve, args=(there, factory, kwargs), daemon=True)
+      proc.start()
+      workers[name] = (proc, here)
+      infos[name] = here.recv()
+    times, switched = {k: [] for k in contenders}, {k: [] for k in contenders}
+    for i in range(warmup + rounds):
+      for name, (_, conn) in workers.items():
+        for j in range(block):
+          conn.send("run")
+          dt = conn.recv()
+          if i >= warmup:
+            (times if j > 0 or block == 1 else switched)[name].append(dt)
+  finally:
+    for proc, conn in workers.values():
+      try:
+        conn.send("stop")
+      except OSError:
+        pass
+      proc.join(timeout=30)
+      if proc.is_alive():
+        proc.kill()
+  med = lambda d: {k: sorted(v)[len(v) // 2] for k, v in d.items() if v}
+  return med(times), infos, med(switched)
+
+
 def matmul_peak_flops(n: int = 1024, reps: int = 10) -> float:
   """fp32 matmul FLOP/s jax reaches on this machine right now (the MFU denominator)."""
   import jax

@@ -65,7 +65,7 @@ def base_config() -> mlc.ConfigDict:
   c.model.compute_dtype = "float32"  # bfloat16 for mixed precision (fp32 master weights)
   c.model.param_dtype = "float32"
   c.model.attention_impl = "xla"
-  c.model.remat = "none"
+  c.model.remat = "dots_no_batch"  # see jshear.model.config.ModelConfig.remat
   c.model.scan_layers = True    # False: a Python loop over layers (faster on CPU, slower compile)
   # Shape for `pretrain` from scratch (ignored when loading a source model).
   c.model.family = "llama"
