@@ -67,6 +67,8 @@ def test_non_finite_step_is_skipped_and_counted():
   assert int(m["skipped"]) == 1 and int(m["bad_streak"]) == 1
   for a, b in zip(jax.tree.leaves(new["params"]), jax.tree.leaves(bad["params"])):
     np.testing.assert_array_equal(a, b)  # unchanged, NaN included
+  for a, b in zip(jax.tree.leaves(new["opt_state"]), jax.tree.leaves(bad["opt_state"])):
+    np.testing.assert_array_equal(a, b)  # moments and the schedule's count too
   new, m = step(new, _batch())
   assert int(m["bad_streak"]) == 2 and int(new["step"]) == 2
   good, m = step(state, _batch())

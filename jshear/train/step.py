@@ -108,18 +108,25 @@ def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, *
       metrics.update(diag)
       metrics["lagrangian"] = penalty
 
-    updates, new_opt = optimizer.update(grads, state["opt_state"], trainable)
-    new_tr = optax.apply_updates(trainable, updates)
-    if "prune" in new_tr:
-      # Reference choice: keep log_alpha in [ln 0.01, ln 100] after every update.
-      new_tr["prune"] = new_tr["prune"].replace(
-          log_alpha=hard_concrete.clamp_log_alpha(new_tr["prune"].log_alpha))
     grad_norm = optax.tree.norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+
+    def update(_):
+      updates, new_opt = optimizer.update(grads, state["opt_state"], trainable)
+      new_tr = optax.apply_updates(trainable, updates)
+      if "prune" in new_tr:
+        # Reference choice: keep log_alpha in [ln 0.01, ln 100] after every update.
+        new_tr["prune"] = new_tr["prune"].replace(
+            log_alpha=hard_concrete.clamp_log_alpha(new_tr["prune"].log_alpha))
+      return new_tr, new_opt
+
+    # A skipped step leaves params and optimizer state as they were. A cond rather than a
+    # select over the updated trees: the select was one more pass over 3x the params
+    # (~0.15 s of a 6.8 s SmolLM2 CPU step, measured A/B in one process).
+    new_tr, new_opt = jax.lax.cond(ok, update, lambda _: (trainable, state["opt_state"]), None)
     new_state = dict(state)
-    new_state.update(keep(new_tr, trainable))
-    new_state["opt_state"] = keep(new_opt, state["opt_state"])
+    new_state.update(new_tr)
+    new_state["opt_state"] = new_opt
     new_state["step"] = step + 1
     new_state["skipped"] = state["skipped"] + (~ok).astype(jnp.int32)
     new_state["bad_streak"] = jnp.where(ok, 0, state["bad_streak"] + 1)
