@@ -18,6 +18,15 @@ def test_token_nll_matches_optax():
   g_want = jax.grad(lambda x: jnp.sum(
       optax.softmax_cross_entropy_with_integer_labels(x, targets)))(logits)
   np.testing.assert_allclose(g, g_want, rtol=1e-6, atol=1e-6)
+  # The hand-written backward: per-position cotangents, and the logits' dtype kept.
+  w = jax.random.uniform(jax.random.key(2), targets.shape)
+  loss = lambda f, x: jnp.sum(f(x, targets) * w)
+  g = jax.grad(lambda x: loss(token_nll, x))(logits)
+  g_want = jax.grad(lambda x: loss(optax.softmax_cross_entropy_with_integer_labels, x))(logits)
+  np.testing.assert_allclose(g, g_want, rtol=1e-6, atol=1e-6)
+  gb = jax.grad(lambda x: loss(token_nll, x))(logits.astype(jnp.bfloat16))
+  assert gb.dtype == jnp.bfloat16
+  np.testing.assert_allclose(gb.astype(jnp.float32), g_want, rtol=0.05, atol=0.02)
 
 
 def test_only_next_tokens_inside_a_document_count():
