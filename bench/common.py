@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from jshear import hostmem  # noqa: E402
 
-# Both contenders run in this process, so both get the same allocator setting.
+# Every contender, here or in a worker process spawned from here, gets the same allocator setting.
 hostmem.reexec_with_huge_pages()
 
 
