@@ -99,6 +99,12 @@ def matmul_peak_flops(n: int = 1024, reps: int = 10) -> float:
   return 2 * n ** 3 / best
 
 
+def random_tokens(vocab_size: int, batch_size: int, seq: int):
+  """The benches' fixed batch: int32 [batch_size, seq], seed 0."""
+  import numpy as np
+  return np.random.default_rng(0).integers(0, vocab_size, (batch_size, seq)).astype(np.int32)
+
+
 def jshear_train_step(cfg, params, batch_size: int, seq: int, prune_groups=None, target=None):
   """A jitted jshear train step on one device and its inputs: (step, state, batch)."""
   import jax
@@ -117,7 +123,7 @@ def jshear_train_step(cfg, params, batch_size: int, seq: int, prune_groups=None,
     ps = init_prune_state(cfg, target, prune_groups, jax.random.key(1))
   state = init_state(jax.device_put(params), opt, 0, ps)
   step = jax.jit(make_train_step(cfg, opt, prune_warmup_steps=100), donate_argnums=0)
-  toks = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch_size, seq)).astype(np.int32)
+  toks = random_tokens(cfg.vocab_size, batch_size, seq)
   batch = {"tokens": toks, "segment_ids": np.ones_like(toks),
            "positions": np.tile(np.arange(seq, dtype=np.int32), (batch_size, 1))}
   return step, state, batch

@@ -1,8 +1,8 @@
 """Continued-pretraining step tokens/s on SmolLM2-135M (fp32, batch 4 x 256, AdamW): jshear
 vs transformers + torch AdamW on the identical model and batch, each in its own process, taking
 turns of 3 steps of which the last 2 are timed (`ratio`; the first step of a turn pays for the
-other process's memory churn, reported as `ratio_first_after_switch`); plus MFU = model FLOP/s / the fp32 matmul peak measured in the same run,
-and the step's compile time.
+other process's memory churn: `ratio_first_after_switch`); plus MFU = model FLOP/s / the fp32
+matmul peak measured in the same run, and the step's compile time.
 
   python bench/train_step.py [--small] [--unroll]
 """
@@ -11,7 +11,6 @@ import argparse
 import time
 
 import common
-import numpy as np
 
 from jshear import assets
 from jshear.metrics import attention_flops_per_token, model_flops_per_token
@@ -25,7 +24,6 @@ def jshear_contender(tokens, unroll):
   cfg, params = read_hf_params(assets.smollm2_hf_dir())
   cfg = cfg.replace(scan_layers=not unroll)
   step, state, batch = common.jshear_train_step(cfg, params, *tokens.shape)
-  batch["tokens"] = tokens
   t0 = time.perf_counter()
   state, m = step(state, batch)
   jax.block_until_ready(m)
@@ -64,7 +62,7 @@ def main():
   p.add_argument("--unroll", action="store_true", help="Python loop over layers, no scan")
   a = p.parse_args()
   cfg = ModelConfig.from_hf_dir(assets.smollm2_hf_dir())
-  tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (a.batch, a.seq)).astype(np.int32)
+  tokens = common.random_tokens(cfg.vocab_size, a.batch, a.seq)  # the batch jshear's step gets
   t, info, first = common.interleaved_procs(
       {"jshear": (jshear_contender, {"tokens": tokens, "unroll": a.unroll}),
        "hf": (hf_contender, {"tokens": tokens})}, rounds=1 if a.small else 3, block=3)

@@ -32,7 +32,8 @@ def thp_mode(path: str = _THP_MODE) -> str:
 
 def with_tunable(existing: str | None) -> str:
   """GLIBC_TUNABLES with ours added, keeping the user's other tunables (colon-separated)."""
-  parts = [p for p in (existing or "").split(":") if p and not p.startswith("glibc.malloc.hugetlb=")]
+  parts = [p for p in (existing or "").split(":")
+           if p and not p.startswith("glibc.malloc.hugetlb=")]
   return ":".join(parts + [TUNABLE])
 
 
