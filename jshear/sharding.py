@@ -133,7 +133,14 @@ def host_local_batch_to_global(batch: dict, mesh: Mesh) -> dict:
 
 def to_host(x):
   """Host numpy of a replicated (or fully addressable) array, also on multi-host runs where
-  `np.asarray` of a global array would fail."""
+  `np.asarray` of a global array would fail. A multi-process array that is not replicated
+  is refused: its first local shard is only part of it (gather it, or jit the producer with
+  `out_shardings=replicated(mesh)`)."""
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if not x.is_fully_replicated:
+      raise JShearError(
+          f"to_host: array of shape {x.shape} is split across processes "
+          f"(sharding {x.sharding}); it must be fully replicated to read it on one host "
+          f"(jit its producer with out_shardings=replicated(mesh), or gather it first)")
     return np.asarray(x.addressable_data(0))
   return np.asarray(x)
