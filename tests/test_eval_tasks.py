@@ -189,3 +189,66 @@ def test_task_evaluator_for_training(tmp_path, monkeypatch):
   m2 = ev(params, ones_masks(cfg, ("head", "hidden")))
   for k in m1:
     assert m2[k] == pytest.approx(m1[k], rel=1e-5)
+
+
+def _fake_world(tmp_path, monkeypatch):
+  monkeypatch.setenv("JSHEAR_CACHE", str(tmp_path / "cache"))
+  testing.make_fake_evalsets(str(tmp_path / "cache"))
+  return _tiny_model_dir(tmp_path)
+
+
+def _is_table(text):
+  lines = text.strip().splitlines()
+  return lines[0] == "|task|metric|value|stderr|n|" and all(l.startswith("|") for l in lines)
+
+
+def test_cli_tasks_accepts_lm_eval_spelling(tmp_path, monkeypatch, capsys):
+  path = _fake_world(tmp_path, monkeypatch)
+  outdir = tmp_path / "lm_eval_out"
+  assert eval_main(["tasks", "--model", "hf", "--model_args", f"pretrained={path},dtype=float32",
+                    "--tasks", "piqa", "--limit", "1", "--output_path", str(outdir)]) == 0
+  cap = capsys.readouterr()
+  assert _is_table(cap.out), cap.out             # stdout holds the table alone
+  assert "|piqa|acc|" in cap.out and "wrote" in cap.err
+  res = json.loads((outdir / "results.json").read_text())
+  assert set(res["results"]) == {"piqa"} and res["config"]["dtype"] == "float32"
+  # --model_args alone, with a file --output_path
+  out = tmp_path / "r.json"
+  assert eval_main(["tasks", "--model_args", f"pretrained={path}", "--tasks", "piqa",
+                    "--limit", "1", "--output_path", str(out)]) == 0
+  assert json.loads(out.read_text())["results"]["piqa"] == res["results"]["piqa"]
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--model_args", "pretrained={p},device=cuda"], ["'device=cuda'", "pretrained", "dtype"]),
+    (["--model_args", "pretrained={p},dtype=float16"], ["dtype=float16", "bfloat16"]),
+    (["--model_args", "pretrained={p},max_length=big"], ["max_length=big", "integer"]),
+    (["--model", "hf"], ["--model=hf", "--model_args pretrained=DIR"]),
+    (["--model", "{p}", "--model_args", "pretrained=/elsewhere"], ["conflicts", "--model="]),
+    (["--model_args", "dtype=bfloat16"], ["no model", "--model_args pretrained=DIR"]),
+])
+def test_cli_tasks_bad_model_args(tmp_path, monkeypatch, capsys, argv, words):
+  path = _fake_world(tmp_path, monkeypatch)
+  assert eval_main(["tasks", "--tasks", "piqa"] + [a.format(p=path) for a in argv]) == 1
+  err = capsys.readouterr().err
+  for w in words:
+    assert w in err, err
+
+
+def test_cli_tasks_pipes_the_table(tmp_path):
+  """As a user runs it: a subprocess whose stdout is only the table, progress on stderr."""
+  import os
+  import subprocess
+  import sys
+  env = dict(os.environ, JSHEAR_CACHE=str(tmp_path / "cache"), JAX_PLATFORMS="cpu")
+  testing.make_fake_evalsets(str(tmp_path / "cache"))
+  path = _tiny_model_dir(tmp_path)
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  r = subprocess.run([sys.executable, "-m", "jshear.eval", "tasks", "--model_args",
+                      f"pretrained={path},dtype=float32", "--tasks", "piqa,arc_easy",
+                      "--limit", "2", "--output_path", str(tmp_path / "o.json")],
+                     cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert _is_table(r.stdout), r.stdout
+  assert "|arc_easy|acc_norm|" in r.stdout
+  assert "zero-shot" in r.stderr and "wrote" in r.stderr

@@ -2,17 +2,21 @@
 
   python -m jshear.eval ppl   --model=DIR --text=FILE [FILE ...] [--max-len 2048] [--stride N]
   python -m jshear.eval tasks --model=DIR [--tasks=piqa,hellaswag,...|all] [--limit N] [--out F]
+  python -m jshear.eval tasks --model hf --model_args pretrained=DIR,dtype=float32 \
+      --tasks piqa --output_path OUT            # lm-eval's spelling, for copied commands
   python -m jshear.eval fetch                 # download + cache the zero-shot eval sets
   python -m jshear.eval lm-eval --model jshear --model_args path=DIR --tasks ...   (lm_eval CLI
                                               with the `jshear` model registered)
 
 --model is a jshear model dir (model_config.json, params/, tokenizer/) or a Hugging Face
 safetensors dir. `--backend torch` scores with transformers instead (HF dirs only; parity).
+`tasks` prints the results table alone on stdout (progress goes to stderr), so it pipes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -78,11 +82,68 @@ def _write_json(path, obj):
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=2)
   os.replace(tmp, path)
-  print(f"wrote {path}")
+  print(f"wrote {path}", file=sys.stderr)
+
+
+# `--model_args` keys (lm-eval's hf model) -> `tasks` options; others are refused.
+_MODEL_ARGS = {"pretrained": "model", "path": "model", "tokenizer": "tokenizer",
+               "dtype": "dtype", "max_length": "max_length"}
+# lm-eval `--model` types that mean "the dir is in --model_args".
+_LM_EVAL_MODEL_TYPES = ("hf", "hf-auto", "huggingface", "jshear")
+_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+           "auto": None}     # auto: keep --dtype (default float32)
+
+
+def apply_model_args(args) -> None:
+  """Fold lm-eval's `--model_args k=v,...` into `args`; a key set twice must agree."""
+  if args.model in _LM_EVAL_MODEL_TYPES and not os.path.isdir(args.model):
+    if not args.model_args:
+      raise JShearError(f"--model={args.model} is an lm-eval model type: name the model dir "
+                        f"with --model_args pretrained=DIR (or pass --model=DIR)")
+    args.model = None
+  for item in filter(None, (args.model_args or "").split(",")):
+    key, eq, value = item.partition("=")
+    if not eq or key not in _MODEL_ARGS:
+      raise JShearError(f"--model_args: unknown or malformed entry {item!r}; expected KEY=VALUE "
+                        f"with KEY in {', '.join(_MODEL_ARGS)}")
+    if key == "dtype":
+      if value not in _DTYPES:
+        raise JShearError(f"--model_args dtype={value}: expected one of {', '.join(_DTYPES)}")
+      value = _DTYPES[value]
+      if value is None:
+        continue
+    elif key == "max_length":
+      if not value.isdigit():
+        raise JShearError(f"--model_args max_length={value}: expected a positive integer")
+      value = int(value)
+    dest, old = _MODEL_ARGS[key], getattr(args, _MODEL_ARGS[key])
+    if old is not None and old != value:
+      raise JShearError(f"--model_args {key}={value} conflicts with --{dest}={old}")
+    setattr(args, dest, value)
+  if args.model is None:
+    raise JShearError("tasks: no model; pass --model=DIR or --model_args pretrained=DIR")
+
+
+def results_path(path: str) -> str:
+  """A file path ending in .json, else a directory (lm-eval's --output_path) with
+  results.json in it."""
+  if path.endswith(".json") and not os.path.isdir(path):
+    return path
+  return os.path.join(path, "results.json")
 
 
 def cmd_tasks(args) -> int:
-  from jshear.eval import datasets, loader, scoring, tasks
+  apply_model_args(args)
+  # Everything but the results table goes to stderr, so `... | tee table.md` gets the table.
+  with contextlib.redirect_stdout(sys.stderr):
+    out = _run_tasks(args)
+  print(format_table(out))
+  return 0
+
+
+def _run_tasks(args) -> dict:
+  from jshear.assets import eval_sets as datasets
+  from jshear.eval import loader, scoring, tasks
   names = tasks.parse_task_names(args.tasks)         # bad names fail before any loading
   root = datasets.eval_sets_dir(fetch=args.fetch)
   t0 = time.time()
@@ -110,10 +171,9 @@ def cmd_tasks(args) -> int:
   out = tasks.to_lm_eval_json(metrics, prep, config)
   out["date"] = time.time()
   out["total_evaluation_time_seconds"] = str(t2 - t0)
-  print(format_table(out))
   if args.out:
-    _write_json(args.out, out)
-  return 0
+    _write_json(results_path(args.out), out)
+  return out
 
 
 def format_table(out: dict) -> str:
@@ -130,7 +190,7 @@ def format_table(out: dict) -> str:
 
 
 def cmd_fetch(args) -> int:
-  from jshear.eval import datasets
+  from jshear.assets import eval_sets as datasets
   print(datasets.eval_sets_dir(fetch=True))
   return 0
 
@@ -166,10 +226,15 @@ def main(argv=None) -> int:
   p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
   p.add_argument("--out", default=None)
   t = sub.add_parser("tasks", help="zero-shot multiple-choice tasks (lm-eval conventions)")
-  t.add_argument("--model", required=True)
+  t.add_argument("--model", default=None,
+                 help="model dir (or an lm-eval model type such as hf, with --model_args)")
+  t.add_argument("--model_args", "--model-args", dest="model_args", default=None,
+                 help="lm-eval style: pretrained=DIR[,dtype=float32|bfloat16][,tokenizer=DIR]"
+                      "[,max_length=N]")
   t.add_argument("--tasks", default="all")
   t.add_argument("--limit", type=int, default=None, help="first N documents per task")
-  t.add_argument("--out", default=None, help="results JSON (lm-eval layout)")
+  t.add_argument("--out", "--output_path", "--output-path", dest="out", default=None,
+                 help="results JSON (lm-eval layout): FILE.json, or a directory for results.json")
   t.add_argument("--tokenizer", default=None)
   t.add_argument("--backend", default="jax", choices=["jax", "torch"])
   t.add_argument("--max-length", "--max_length", dest="max_length", type=int, default=None)
