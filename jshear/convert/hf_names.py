@@ -25,6 +25,11 @@ LLAMA_LAYER = {
     "w_gate": "mlp.gate_proj.weight",
     "w_up": "mlp.up_proj.weight",
     "w_down": "mlp.down_proj.weight",
+    "bq": "self_attn.q_proj.bias",      # Qwen2
+    "bk": "self_attn.k_proj.bias",
+    "bv": "self_attn.v_proj.bias",
+    "q_norm": "self_attn.q_norm.weight",  # Qwen3: [head_dim], shared by all heads
+    "k_norm": "self_attn.k_norm.weight",
 }
 COHERE_LAYER = {
     "norm": "input_layernorm.weight",
@@ -47,6 +52,9 @@ def layer_table(cfg: ModelConfig) -> dict[str, str]:
   if not cfg.qk_norm:
     table.pop("q_norm", None)
     table.pop("k_norm", None)
+  if not cfg.qkv_bias:
+    for part in ("bq", "bk", "bv"):
+      table.pop(part, None)
   return table
 
 
@@ -65,10 +73,12 @@ def hf_shape(cfg: ModelConfig, part: str) -> tuple[int, ...]:
   """Expected HF tensor shape for one layer's part (or a global tensor)."""
   D, H, KV, Dh = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
   I, V = cfg.intermediate_size, cfg.vocab_size
+  if part in ("q_norm", "k_norm") and cfg.family == "llama":
+    return (Dh,)
   return {
       "attn_norm": (D,), "mlp_norm": (D,), "norm": (D,),
       "wq": (H * Dh, D), "wk": (KV * Dh, D), "wv": (KV * Dh, D), "wo": (D, H * Dh),
-      "q_norm": (H, Dh), "k_norm": (KV, Dh),
+      "q_norm": (H, Dh), "k_norm": (KV, Dh), "bq": (H * Dh,), "bk": (KV * Dh,), "bv": (KV * Dh,),
       "w_gate": (I, D), "w_up": (I, D), "w_down": (D, I),
       "embed": (V, D), "final_norm": (D,), "lm_head": (V, D),
   }[part]
@@ -79,6 +89,10 @@ def to_jshear(cfg: ModelConfig, part: str, w: np.ndarray) -> np.ndarray:
   D, H, KV, Dh = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
   if part == "wq":
     return w.T.reshape(D, H, Dh)
+  if part == "bq":
+    return w.reshape(H, Dh)
+  if part in ("bk", "bv"):
+    return w.reshape(KV, Dh)
   if part in ("wk", "wv"):
     return w.T.reshape(D, KV, Dh)
   if part == "wo":
@@ -146,4 +160,6 @@ def to_hf(cfg: ModelConfig, part: str, w: np.ndarray) -> np.ndarray:
     return transpose_2d(w.reshape(-1, D))
   if part in ("w_gate", "w_up", "w_down", "lm_head"):
     return transpose_2d(w)
+  if part in ("bq", "bk", "bv"):
+    return np.ascontiguousarray(w.reshape(-1))
   return np.ascontiguousarray(w)

@@ -10,7 +10,8 @@ from typing import Any
 from jshear.errors import JShearError, check
 
 # HF model_type -> jshear block family.
-_FAMILY_OF_MODEL_TYPE = {"llama": "llama", "mistral": "llama", "cohere": "parallel"}
+_FAMILY_OF_MODEL_TYPE = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "qwen3": "llama",
+                         "cohere": "parallel"}
 _ROPE_TYPES = ("default", "linear", "llama3")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
@@ -19,8 +20,11 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 class ModelConfig:
   """Shape and numerics of one model. `family` picks the block layout.
 
-  llama:    x += attn(rmsnorm(x)); x += mlp(rmsnorm(x))      (LLaMA/Mistral/SmolLM2)
+  llama:    x += attn(rmsnorm(x)); x += mlp(rmsnorm(x))      (LLaMA/Mistral/SmolLM2/Qwen)
   parallel: h = layernorm(x); x += attn(h) + mlp(h)          (PaLM/CHOP, exported as Cohere)
+
+  Qwen sources are llama-family models with qkv_bias (Qwen2/2.5) or qk_norm (Qwen3); the
+  export architecture follows from these two flags (`hf_model_type`).
   """
   vocab_size: int
   hidden_size: int
@@ -36,7 +40,10 @@ class ModelConfig:
   rope_scaling: tuple | None = None
   tie_embeddings: bool = False
   max_position_embeddings: int = 4096
-  qk_norm: bool = False         # parallel family: per-head LayerNorm on q and k
+  # parallel family: LayerNorm on q and k with a weight per head [H|KV, Dh] (Cohere);
+  # llama family: RMSNorm on q and k with one weight [Dh] shared by all heads (Qwen3).
+  qk_norm: bool = False
+  qkv_bias: bool = False        # llama family: biases on the q, k, v projections (Qwen2)
   logit_scale: float = 1.0      # parallel family (Cohere): logits *= logit_scale
   bos_token_id: int | None = 1
   eos_token_id: int | None = 2
@@ -57,6 +64,10 @@ class ModelConfig:
           f"model.num_heads ({self.num_heads}) must be divisible by model.num_kv_heads "
           f"({self.num_kv_heads})")
     check(self.head_dim % 2 == 0, f"model.head_dim must be even for RoPE, got {self.head_dim}")
+    check(not (self.qkv_bias and self.family != "llama"),
+          "model.qkv_bias is only supported for the llama family")
+    check(not (self.qkv_bias and self.qk_norm),
+          "model.qkv_bias with model.qk_norm has no export target (Qwen2 has biases, Qwen3 norms)")
     check(self.remat in REMAT_POLICIES, f"model.remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
     if self.rope_scaling is not None:
       rope_type = dict(self.rope_scaling).get("rope_type", "default")
@@ -78,8 +89,16 @@ class ModelConfig:
     mlp = 3 * d * self.intermediate_size
     norms = 2 * d if self.family == "llama" else d
     if self.qk_norm:
-      norms += (self.num_heads + self.num_kv_heads) * dh
-    return attn + mlp + norms
+      norms += 2 * dh if self.family == "llama" else (self.num_heads + self.num_kv_heads) * dh
+    bias = (self.num_heads + 2 * self.num_kv_heads) * dh if self.qkv_bias else 0
+    return attn + mlp + norms + bias
+
+  @property
+  def hf_model_type(self) -> str:
+    """The transformers architecture this model exports as."""
+    if self.family == "parallel":
+      return "cohere"
+    return "qwen3" if self.qk_norm else "qwen2" if self.qkv_bias else "llama"
 
   def non_embedding_params(self) -> int:
     """Every parameter except embeddings / LM head (the count pruning targets use)."""
@@ -98,11 +117,14 @@ class ModelConfig:
                         f"(supported: {sorted(_FAMILY_OF_MODEL_TYPE)})")
     family = _FAMILY_OF_MODEL_TYPE[model_type]
     for key in ("attention_bias", "mlp_bias"):
-      check(not hf.get(key, False), f"config.json has {key}=true; jshear models have no biases")
+      check(not hf.get(key, False), f"config.json has {key}=true; jshear models have biases "
+            "only on q, k and v, as Qwen2 (model_type 'qwen2')")
     if model_type == "mistral":
       sw = hf.get("sliding_window")
       check(sw is None or sw >= hf.get("max_position_embeddings", 0),
             f"sliding-window attention (sliding_window={sw}) is not supported")
+    if model_type in ("qwen2", "qwen3"):
+      _check_qwen_window(hf)
     act = hf.get("hidden_act", "silu")
     check(act == "silu", f"hidden_act {act!r} is not supported (only 'silu' / SwiGLU)")
     heads = hf["num_attention_heads"]
@@ -128,7 +150,8 @@ class ModelConfig:
         rope_theta=float(theta), rope_scaling=rope_scaling,
         tie_embeddings=bool(hf.get("tie_word_embeddings", default_tie)),
         max_position_embeddings=hf.get("max_position_embeddings", 4096),
-        qk_norm=bool(hf.get("use_qk_norm", False)),
+        qk_norm=bool(hf.get("use_qk_norm", False)) or model_type == "qwen3",
+        qkv_bias=model_type == "qwen2",
         logit_scale=float(hf.get("logit_scale", 1.0)) if family == "parallel" else 1.0,
         bos_token_id=_first(hf.get("bos_token_id")), eos_token_id=_first(hf.get("eos_token_id")))
     kw.update(overrides)
@@ -146,9 +169,18 @@ class ModelConfig:
         max_position_embeddings=self.max_position_embeddings, hidden_act="silu",
         tie_word_embeddings=self.tie_embeddings, rope_parameters=rope,
         attention_bias=False, bos_token_id=self.bos_token_id, eos_token_id=self.eos_token_id)
-    if self.family == "llama":
+    kind = self.hf_model_type
+    if kind == "llama":
       return dict(common, model_type="llama", architectures=["LlamaForCausalLM"],
                   rms_norm_eps=self.norm_eps, head_dim=self.head_dim, mlp_bias=False)
+    if kind in ("qwen2", "qwen3"):
+      # Qwen2Config has no head_dim field, but Qwen2's attention reads one when present.
+      if kind == "qwen2":
+        common.pop("attention_bias")  # not a Qwen2 field: its q/k/v always have biases
+      return dict(common, model_type=kind, architectures=[_QWEN_ARCH[kind]],
+                  rms_norm_eps=self.norm_eps, head_dim=self.head_dim, use_sliding_window=False,
+                  sliding_window=None, max_window_layers=self.num_layers,
+                  layer_types=["full_attention"] * self.num_layers)
     # Cohere reads an explicit head_dim when present (else hidden_size // heads).
     return dict(common, model_type="cohere", architectures=["CohereForCausalLM"],
                 head_dim=self.head_dim,
@@ -178,6 +210,29 @@ class ModelConfig:
     unknown = set(d) - known
     check(not unknown, f"unknown model config keys {sorted(unknown)}")
     return cls(**d)
+
+
+_QWEN_ARCH = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+
+
+def _check_qwen_window(hf: dict) -> None:
+  """Refuse a sliding window that changes attention (jshear attends over the whole causal
+  context). As transformers does: the window exists only with use_sliding_window, and it
+  applies to the layers that `layer_types` (else max_window_layers) marks as sliding."""
+  window = hf.get("sliding_window") if hf.get("use_sliding_window", False) else None
+  max_pos = hf.get("max_position_embeddings", 32768)
+  if window is None or window >= max_pos:
+    return  # no window, or one no sequence within max_position_embeddings reaches
+  n = hf["num_hidden_layers"]
+  types = hf.get("layer_types") or [
+      "sliding_attention" if i >= hf.get("max_window_layers", 28) else "full_attention"
+      for i in range(n)]
+  sliding = [i for i, t in enumerate(types) if t == "sliding_attention"]
+  field = "layer_types" if hf.get("layer_types") else "max_window_layers"
+  check(not sliding,
+        f"config.json enables sliding-window attention (use_sliding_window=true, sliding_window="
+        f"{window} < max_position_embeddings={max_pos}, {field} makes layers {sliding} sliding); "
+        "jshear implements full causal attention only")
 
 
 def _first(x):

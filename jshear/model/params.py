@@ -3,7 +3,8 @@
 Weights are stacked over layers (leading axis `layers`) so the layer loop is one `scan`.
 Every weight carries logical axis names; `jshear.sharding` maps them onto the mesh.
 
-llama family (per layer):   attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_down
+llama family (per layer):   attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_down,
+                             bq, bk, bv (when qkv_bias), q_norm, k_norm [Dh] (when qk_norm)
 parallel family (per layer): norm, w_in (q|k|v|gate|up fused), w_out (attn-out|down fused),
                              q_norm, k_norm (when qk_norm)
 """
@@ -36,6 +37,13 @@ def param_axes(cfg: ModelConfig) -> dict:
         "w_up": ("layers", "embed", "mlp"),
         "w_down": ("layers", "mlp", "embed"),
     }
+    if cfg.qkv_bias:
+      layers["bq"] = ("layers", "heads", "head_dim")
+      layers["bk"] = ("layers", "kv_heads", "head_dim")
+      layers["bv"] = ("layers", "kv_heads", "head_dim")
+    if cfg.qk_norm:  # one weight shared by all heads
+      layers["q_norm"] = ("layers", "head_dim")
+      layers["k_norm"] = ("layers", "head_dim")
   else:
     layers = {
         "norm": ("layers", "norm"),
@@ -60,6 +68,10 @@ def param_shapes(cfg: ModelConfig) -> dict:
         "wo": (L, H, Dh, D), "mlp_norm": (L, D), "w_gate": (L, D, I), "w_up": (L, D, I),
         "w_down": (L, I, D),
     }
+    if cfg.qkv_bias:
+      layers.update(bq=(L, H, Dh), bk=(L, KV, Dh), bv=(L, KV, Dh))
+    if cfg.qk_norm:
+      layers.update(q_norm=(L, Dh), k_norm=(L, Dh))
   else:
     fused = sum(n for _, n in fused_in_sizes(cfg))
     layers = {"norm": (L, D), "w_in": (L, D, fused), "w_out": (L, H * Dh + I, D)}
@@ -76,8 +88,12 @@ def _is_norm(path) -> bool:
   return "norm" in jax.tree_util.keystr(path)
 
 
+def _is_bias(path) -> bool:
+  return getattr(path[-1], "key", None) in ("bq", "bk", "bv")
+
+
 def init_params(cfg: ModelConfig, rng, dtype=jnp.float32, std: float = 0.02) -> dict:
-  """Random init for pretraining from scratch: norms at one, matrices N(0, std)."""
+  """Random init for pretraining from scratch: norms at one, biases at zero, matrices N(0, std)."""
   shapes = param_shapes(cfg)
   leaves, treedef = jax.tree_util.tree_flatten_with_path(
       shapes, is_leaf=lambda x: isinstance(x, tuple))
@@ -86,6 +102,8 @@ def init_params(cfg: ModelConfig, rng, dtype=jnp.float32, std: float = 0.02) -> 
   for key, (path, shape) in zip(keys, leaves):
     if _is_norm(path):
       out.append(jnp.ones(shape, dtype))
+    elif _is_bias(path):
+      out.append(jnp.zeros(shape, dtype))
     else:
       out.append((std * jax.random.normal(key, shape, jnp.float32)).astype(dtype))
   return jax.tree_util.tree_unflatten(treedef, out)

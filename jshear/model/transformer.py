@@ -31,6 +31,19 @@ def _scale_last(x, scale, ste=None):
   return x if scale is None else L.apply_mask(x, scale, ste)
 
 
+def _qkv(cfg, h, lp):
+  """Sequential-block projections [B, T, N, Dh], with Qwen2's biases (added after the
+  projection, so a hidden mask on h leaves them alone) and Qwen3's q/k RMSNorm over head_dim
+  (one weight for all heads, before RoPE; head and hidden masks leave it alone)."""
+  q, k, v = (L.dense(h, lp[n]) for n in ("wq", "wk", "wv"))
+  if cfg.qkv_bias:
+    q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
+  if cfg.qk_norm:
+    q = L.rms_norm(q, lp["q_norm"], cfg.norm_eps)
+    k = L.rms_norm(k, lp["k_norm"], cfg.norm_eps)
+  return q, k, v
+
+
 def llama_block(cfg, x, lp, lm, hidden, rope, attend):
   """One sequential block. `attend(q, k, v) -> (ctx, extra)` does the attention (training,
   KV-cache decoding and importance scoring differ only there). Returns (x, aux, extra);
@@ -39,7 +52,7 @@ def llama_block(cfg, x, lp, lm, hidden, rope, attend):
   cos, sin = rope
   ste = lm.get("ste")
   h1 = L.rms_norm(x, lp["attn_norm"], cfg.norm_eps, hidden, ste)
-  q, k, v = (L.dense(h1, lp[n]) for n in ("wq", "wk", "wv"))
+  q, k, v = _qkv(cfg, h1, lp)
   q, k = L.apply_rope(q, cos, sin, False), L.apply_rope(k, cos, sin, False)
   ctx, extra = attend(q, k, v)
   x = x + _scale_last(L.dense(_scale_heads(ctx, lm.get("head_scale"), ste), lp["wo"], 2),

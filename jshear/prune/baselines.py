@@ -31,6 +31,9 @@ def magnitude_scores(cfg: ModelConfig, params, groups) -> dict:
   sq = lambda x, axes: jnp.sum(jnp.square(x.astype(jnp.float32)), axis=axes)
   head = sq(lp["wq"], (1, 3)) + sq(lp["wo"], (2, 3))                        # [L, H]
   kv_own = sq(lp["wk"], (1, 3)) + sq(lp["wv"], (1, 3))                      # [L, KV]
+  if cfg.qkv_bias:  # biases go with their heads (shared q/k norms belong to no unit)
+    head = head + sq(lp["bq"], 2)
+    kv_own = kv_own + sq(lp["bk"], 2) + sq(lp["bv"], 2)
   kv = kv_own + head.reshape(cfg.num_layers, cfg.num_kv_heads, -1).sum(-1)
   inter = sq(lp["w_gate"], 1) + sq(lp["w_up"], 1) + sq(lp["w_down"], 2)    # [L, I]
   hidden = sq(params["embed"], 0)

@@ -8,6 +8,9 @@
      hidden                            -> embeddings, every residual-branch output
        (wo, w_down columns) and every norm weight, the final norm included. The LM head is
        not scaled again (the reference code applies the hidden mask to it twice).
+   q/k/v biases (Qwen2) and shared q/k norms (Qwen3) need no fold: head masks act after
+   attention, through the output projection, and the hidden mask acts on the projections'
+   inputs (via the norm weight), while biases are added after the projection.
 2. Keep the units whose mask is non-zero and slice (`jshear.prune.slice.slice_model`).
 """
 

@@ -2,7 +2,8 @@
 
 This is the single path from "which units survive" to a dense smaller model: learned masks,
 importance scores, LayerCHOP and the baselines all end here. Works on both families (the
-parallel family is sliced through its unfused per-part view).
+parallel family is sliced through its unfused per-part view). Biases go with their heads
+(bq per query head, bk/bv per KV group); Qwen3's shared q/k norms stay whole.
 """
 
 from __future__ import annotations
@@ -73,9 +74,11 @@ def slice_model(cfg: ModelConfig, params, keep: dict):
       w = _take(w, kv, 2)[:, hidden]
     elif name == "wo":
       w = _take(w, heads, 1)[..., hidden]
-    elif name == "q_norm":
+    elif name in ("q_norm", "k_norm") and cfg.family == "llama":
+      pass  # one [Dh] weight shared by all heads: no head or hidden axis to slice
+    elif name in ("q_norm", "bq"):
       w = _take(w, heads, 1)
-    elif name == "k_norm":
+    elif name in ("k_norm", "bk", "bv"):
       w = _take(w, kv, 1)
     elif name in ("w_gate", "w_up"):
       w = _take(w, inter, 2)[:, hidden]
