@@ -20,8 +20,9 @@ import torch
 import transformers
 
 from jshear import assets
+from jshear.assets import eval_sets as datasets
 from jshear.convert.hf_import import read_hf_params
-from jshear.eval import datasets, loader, scoring, tasks
+from jshear.eval import loader, scoring, tasks
 
 
 def main():

