@@ -4,7 +4,8 @@ The paper's recipe: 3200 pruning steps at 32 x 4096 (lr 1e-4, mask lr 1.0, lambd
 targets warmed up over 640 steps, reweighting every 50 steps from the pruning-stage
 weights), then 48000 continued steps at 256 x 4096 (lr 1e-4 cosine, 3% warmup,
 reweighting every 400 steps) with the LLaMA2-fitted 2.7B reference losses.
-Set model.source to a local LLaMA2-7B HF dir and data.path to a prepared RedPajama.
+Set model.source to a local LLaMA2-7B HF dir and data.path to a prepared RedPajama
+(`python -m jshear.plan` plans with model.source_shape until then).
 """
 
 from jshear.config_base import base_config
@@ -19,6 +20,7 @@ def get_config(target=TARGET, ref=REF):
   c = base_config()
   c.stages = "prune,finalize,continue,export"
   c.model.source = ""           # e.g. /data/Llama-2-7b-hf
+  c.model.source_shape = "llama2-7b"   # what the planner assumes while model.source is empty
   c.model.compute_dtype = "bfloat16"
   c.model.remat = "full"
   c.data.path = ""              # e.g. /data/redpajama-prepared-4096

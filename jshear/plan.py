@@ -3,6 +3,11 @@
   python -m jshear.plan --config=configs/sheared_2p7b.py --stage=prune --devices=8 \
       --mesh=data=1,fsdp=8,tensor=1 --source_shape=llama2-7b --hbm_gb=80
 
+The source's shape comes from `--source_shape`, else `model.source` (an HF or jshear model
+dir's config; "smollm2" is known by name), else the config's `model.source_shape`; a
+`pretrain` stage plans the config's own `model.*` shape. `--stage` defaults to the
+config's first training stage.
+
 No weights are loaded and nothing is allocated: fake CPU devices stand in for the cluster,
 `jax.jit(step).lower(...).compile().memory_analysis()` reports per-device bytes. CPU XLA
 plans buffers differently from GPU/TPU XLA, so treat activations as an estimate; params
@@ -23,10 +28,109 @@ SOURCE_SHAPES = {
     "llama3-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
                       num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128,
                       rope_theta=500000.0),
+    "qwen2.5-0.5b": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864,
+                         num_layers=24, num_heads=14, num_kv_heads=2, head_dim=64,
+                         tie_embeddings=True, rope_theta=1000000.0, norm_eps=1e-6,
+                         qkv_bias=True),
+    "qwen3-0.6b": dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072,
+                       num_layers=28, num_heads=16, num_kv_heads=8, head_dim=128,
+                       tie_embeddings=True, rope_theta=1000000.0, norm_eps=1e-6, qk_norm=True),
     "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536,
                          num_layers=30, num_heads=9, num_kv_heads=3, head_dim=64,
                          tie_embeddings=True, rope_theta=100000.0),
 }
+
+
+_TRAINING_STAGES = ("pretrain", "prune", "continue")
+# model.* keys that shape a model pretrained from scratch (as the pipeline's pretrain stage).
+_SCRATCH_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                 "num_kv_heads", "head_dim", "family", "qk_norm", "tie_embeddings", "rope_theta")
+
+
+def default_stage(cfg) -> str:
+  """The config's first training stage (a pretrain-only config plans pretrain)."""
+  stages = [s.strip() for s in cfg.stages.split(",")]
+  return next((s for s in stages if s in _TRAINING_STAGES), "prune")
+
+
+def _named_shape(name: str, where: str):
+  from jshear.errors import JShearError
+  from jshear.model.config import ModelConfig
+  if name not in SOURCE_SHAPES:
+    raise JShearError(f"{where}={name!r} is not a known source shape (known: "
+                      f"{', '.join(sorted(SOURCE_SHAPES))})")
+  return ModelConfig(**SOURCE_SHAPES[name])
+
+
+def _config_from_dir(path: str):
+  from jshear import model_io
+  from jshear.errors import JShearError
+  from jshear.model.config import ModelConfig
+  if not os.path.isdir(path):
+    raise JShearError(f"model.source={path!r} is not a directory here; to plan without the "
+                      f"weights, pass --source_shape (one of {', '.join(sorted(SOURCE_SHAPES))})")
+  if os.path.exists(os.path.join(path, "model_config.json")):
+    return model_io.load_config(path)
+  return ModelConfig.from_hf_dir(path)
+
+
+def source_config(cfg, stage: str, source_shape: str = ""):
+  """The model shape the planned stage starts from; no weights are read."""
+  from jshear.errors import JShearError
+  from jshear.model.config import ModelConfig
+  if stage == "pretrain":
+    mcfg = ModelConfig(**{k: cfg.model[k] for k in _SCRATCH_KEYS})
+  elif source_shape:
+    mcfg = _named_shape(source_shape, "--source_shape")
+  elif cfg.model.source == "smollm2":        # the asset, known by shape (no download needed)
+    mcfg = ModelConfig(**SOURCE_SHAPES["smollm2-135m"])
+  elif cfg.model.source:
+    mcfg = _config_from_dir(cfg.model.source)
+  elif cfg.model.get("source_shape"):
+    mcfg = _named_shape(cfg.model.source_shape, "config model.source_shape")
+  else:
+    raise JShearError(
+        f"no source shape to plan {stage!r} with: the config's model.source and "
+        f"model.source_shape are empty; pass --source_shape (one of "
+        f"{', '.join(sorted(SOURCE_SHAPES))}), or set model.source to a model dir")
+  return mcfg.replace(remat=cfg.model.remat, scan_layers=cfg.model.scan_layers,
+                      attention_impl="xla")
+
+
+def load_config(path: str, sets=()):
+  """The run config file's get_config(), with `--set KEY=VALUE` overrides applied."""
+  import importlib.util
+
+  from jshear.errors import JShearError
+  spec = importlib.util.spec_from_file_location("run_config", path)
+  if spec is None or not os.path.exists(path):
+    raise JShearError(f"--config {path} does not exist")
+  mod = importlib.util.module_from_spec(spec)
+  sys.path.insert(0, os.getcwd())
+  spec.loader.exec_module(mod)
+  cfg = mod.get_config()
+  for item in sets:
+    _set(cfg, item)
+  return cfg
+
+
+def _set(cfg, item: str) -> None:
+  import ast
+
+  from jshear.errors import JShearError
+  key, _, val = item.partition("=")
+  *path, leaf = key.split(".")
+  node = cfg
+  for k in path:
+    if k not in node:
+      raise JShearError(f"--set {key}: unknown config key {k!r}")
+    node = node[k]
+  if leaf not in node:
+    raise JShearError(f"--set {key}: unknown config key")
+  try:
+    node[leaf] = ast.literal_eval(val)
+  except (ValueError, SyntaxError):
+    node[leaf] = val              # a bare word: a string (model.source_shape=llama2-7b)
 
 
 def _parse_mesh(text: str) -> dict:
@@ -59,7 +163,8 @@ def plan(cfg, stage: str, mcfg, mesh, hbm_gb: float) -> dict:
     spec, mask_groups = None, prune_spec(cfg, mcfg).groups  # iterative: fixed masks in state
   if stage == "continue" and cfg.prune.target.num_layers:
     mcfg = target_config(mcfg, prune_spec(cfg, mcfg).target)
-  shd.validate_layout(mesh, block.batch_size, block.grad_accum, mcfg.num_heads)
+  shd.validate_layout(mesh, block.batch_size, block.grad_accum, mcfg.num_heads,
+                      block={"continue": "continued"}.get(stage, stage))
   ctx = Context(cfg=cfg, workdir="", mesh=mesh, writer=None, data_dir="")
   optimizer, _, _, abstract, shardings = state_plan(ctx, stage, block, mcfg, spec, mask_groups)
   abstract_sh = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
@@ -106,11 +211,13 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m jshear.plan", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--config", required=True)
-  p.add_argument("--stage", default="prune", choices=("prune", "continue", "pretrain"))
+  p.add_argument("--stage", default="", choices=("",) + _TRAINING_STAGES,
+                 help="default: the config's first training stage")
   p.add_argument("--devices", type=int, default=8)
   p.add_argument("--mesh", default="", help="e.g. data=1,fsdp=-1,tensor=1 (default: config)")
   p.add_argument("--source_shape", default="",
-                 help=f"one of {sorted(SOURCE_SHAPES)}, or empty to read model.source")
+                 help=f"one of {sorted(SOURCE_SHAPES)}; default: model.source, else the "
+                      f"config's model.source_shape")
   p.add_argument("--hbm_gb", type=float, default=80.0)
   p.add_argument("--set", action="append", default=[],
                  help="config override KEY=VALUE (python literal), e.g. prune.grad_accum=4")
@@ -119,42 +226,15 @@ def main(argv=None) -> int:
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              f" --xla_force_host_platform_device_count={args.devices}")
   os.environ["JAX_PLATFORMS"] = "cpu"
-  import ast
-  import importlib.util
-
   from jshear import sharding as shd
   from jshear.errors import JShearError
-  from jshear.model.config import ModelConfig
   try:
-    spec = importlib.util.spec_from_file_location("run_config", args.config)
-    if spec is None or not os.path.exists(args.config):
-      raise JShearError(f"--config {args.config} does not exist")
-    mod = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, os.getcwd())
-    spec.loader.exec_module(mod)
-    cfg = mod.get_config()
-    for item in args.set:
-      key, _, val = item.partition("=")
-      node = cfg
-      *path, leaf = key.split(".")
-      for k in path:
-        node = node[k]
-      if leaf not in node:
-        raise JShearError(f"--set {key}: unknown config key")
-      node[leaf] = ast.literal_eval(val)
-    if args.source_shape:
-      if args.source_shape not in SOURCE_SHAPES:
-        raise JShearError(f"--source_shape {args.source_shape!r} unknown "
-                          f"(known: {sorted(SOURCE_SHAPES)})")
-      mcfg = ModelConfig(**SOURCE_SHAPES[args.source_shape])
-    elif cfg.model.source and cfg.model.source != "smollm2":
-      mcfg = ModelConfig.from_hf_dir(cfg.model.source)
-    else:
-      mcfg = ModelConfig(**SOURCE_SHAPES["smollm2-135m"])
-    mcfg = mcfg.replace(remat=cfg.model.remat, attention_impl="xla")
+    cfg = load_config(args.config, args.set)
+    stage = args.stage or default_stage(cfg)
+    mcfg = source_config(cfg, stage, args.source_shape)
     mesh_sizes = _parse_mesh(args.mesh) if args.mesh else dict(cfg.mesh.ici)
     mesh = shd.make_mesh(mesh_sizes)
-    out = plan(cfg, args.stage, mcfg, mesh, args.hbm_gb)
+    out = plan(cfg, stage, mcfg, mesh, args.hbm_gb)
   except JShearError as err:
     print(f"error: {err}", file=sys.stderr)
     return 2

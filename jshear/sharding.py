@@ -105,14 +105,17 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
   return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))
 
 
-def validate_layout(mesh: Mesh, global_batch: int, micro_batches: int, num_heads: int) -> None:
+def validate_layout(mesh: Mesh, global_batch: int, micro_batches: int, num_heads: int,
+                    block: str = "train") -> None:
+  """`block`: the config block the batch comes from (prune, continued...), for the message."""
   dp = mesh.shape["data"] * mesh.shape["fsdp"]
   if global_batch % micro_batches:
-    raise JShearError(f"train.batch_size ({global_batch}) must be divisible by "
-                      f"train.grad_accum ({micro_batches})")
+    raise JShearError(f"{block}.batch_size ({global_batch}) must be divisible by "
+                      f"{block}.grad_accum ({micro_batches})")
   if (global_batch // micro_batches) % dp:
-    raise JShearError(f"micro-batch size {global_batch // micro_batches} (train.batch_size / "
-                      f"train.grad_accum) must be divisible by data x fsdp = {dp}")
+    raise JShearError(f"micro-batch size {global_batch // micro_batches} ({block}.batch_size / "
+                      f"{block}.grad_accum) must be divisible by data x fsdp = {dp} "
+                      f"(mesh {describe(mesh)})")
   if num_heads % mesh.shape["tensor"]:
     raise JShearError(f"model heads ({num_heads}) must be divisible by mesh tensor size "
                       f"({mesh.shape['tensor']})")

@@ -89,3 +89,5 @@ def test_mesh_and_layout_errors_name_the_numbers():
     shd.validate_layout(mesh, 8, 1, 3)
   with pytest.raises(JShearError, match="divisible by data x fsdp = 4"):
     shd.validate_layout(mesh, 6, 1, 4)
+  with pytest.raises(JShearError, match=r"\(prune.batch_size / prune.grad_accum\)"):
+    shd.validate_layout(mesh, 6, 1, 4, block="prune")

@@ -1,0 +1,81 @@
+"""The memory planner: every shipped config resolves a source shape without weights (no
+silent SmolLM2 fallback), a missing shape is refused naming the flag and the config keys,
+and the plain README command compiles a small config end to end."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jshear import plan
+from jshear.errors import JShearError
+from jshear.prune.targets import target_config
+from jshear.train.pipeline import prune_spec
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+                 if not p.endswith("__init__.py"))
+
+
+def _run(*args):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "jshear.plan", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_every_config_resolves_its_source_shape(path, monkeypatch):
+  monkeypatch.chdir(REPO)                       # configs import `configs.*`
+  cfg = plan.load_config(path)
+  stage = plan.default_stage(cfg)
+  mcfg = plan.source_config(cfg, stage)
+  stages = cfg.stages.split(",")
+  if "prune" in stages:                         # the target fits the source it plans with
+    spec = prune_spec(cfg, mcfg)
+    assert target_config(mcfg, spec.target).num_layers == cfg.prune.target.num_layers
+  else:
+    assert stage == "pretrain" and mcfg.num_layers == cfg.model.num_layers
+
+
+def test_sheared_configs_declare_a_llama2_7b_source():
+  for name in ("sheared_2p7b", "sheared_1p3b"):
+    cfg = plan.load_config(os.path.join(REPO, "configs", f"{name}.py"))
+    assert cfg.model.source == "" and cfg.model.source_shape == "llama2-7b"
+    assert plan.source_config(cfg, "prune").num_layers == 32
+
+
+def test_missing_source_shape_names_the_flag_and_keys():
+  cfg = plan.load_config(os.path.join(REPO, "configs", "sheared_2p7b.py"),
+                         ["model.source_shape=''"])
+  with pytest.raises(JShearError) as e:
+    plan.source_config(cfg, "prune")
+  for words in ("--source_shape", "model.source", "model.source_shape", "llama2-7b"):
+    assert words in str(e.value)
+  with pytest.raises(JShearError, match="model.source_shape='llama9'.*known: llama2-7b"):
+    plan.source_config(plan.load_config(os.path.join(REPO, "configs", "sheared_2p7b.py"),
+                                        ["model.source_shape=llama9"]), "prune")
+  with pytest.raises(JShearError, match="model.source='/nowhere'.*--source_shape"):
+    plan.source_config(plan.load_config(os.path.join(REPO, "configs", "sheared_2p7b.py"),
+                                        ["model.source='/nowhere'"]), "prune")
+  # the flag wins over the config
+  assert plan.source_config(cfg, "prune", "llama3-8b").vocab_size == 128256
+
+
+def test_cli_refuses_a_missing_source_shape():
+  r = _run("--config=configs/sheared_2p7b.py", "--devices=8", "--set", "model.source_shape=''")
+  assert r.returncode == 2 and "--source_shape" in r.stderr and "model.source" in r.stderr
+  assert "Traceback" not in r.stderr and "num_layers=30" not in r.stderr   # no SmolLM2 guess
+
+
+def test_cli_plans_the_demo_config():
+  """The README's plain command on a small config: a full ahead-of-time compile."""
+  r = _run("--config=configs/demo.py", "--devices=4")
+  assert r.returncode == 0, r.stderr[-3000:]
+  out = json.loads(r.stdout.strip().splitlines()[-1])
+  assert out["stage"] == "prune" and out["model"]["layers"] == 30 and out["devices"] == 4
+  assert out["per_device_gib"]["total"] > 0
+  r = _run("--config=configs/demo.py", "--devices=8")    # 4 rows cannot split over 8
+  assert r.returncode == 2 and "prune.batch_size / prune.grad_accum" in r.stderr
