@@ -209,6 +209,7 @@ def test_new_params_have_axes_and_shard(source):
   assert jax.tree.structure(axes, is_leaf=is_axes) == jax.tree.structure(params)
   jax.tree.map(lambda a, p: None if len(a) == p.ndim else pytest.fail(f"{a} vs {p.shape}"),
                axes, params, is_leaf=is_axes)
+  assert cfg.num_params() == sum(np.size(x) for x in jax.tree.leaves(params))
   mesh = shd.make_mesh({"data": 1, "fsdp": 4, "tensor": 2})
   sharded = jax.device_put(params, shd.tree_shardings(params, axes, mesh))
   name = "bq" if kind == "qwen2" else "q_norm"
@@ -260,3 +261,47 @@ def test_sliding_window_that_changes_nothing_is_accepted(tmp_path):
                 dict(use_sliding_window=True, sliding_window=256, max_window_layers=0)):
     hf = qwen2_config(**flags).to_dict()
     ModelConfig.from_hf_dict(hf)  # no error
+
+
+# ---- the pipeline and the example config ------------------------------------------------
+
+def test_prune_qwen_config_fits_qwen_shapes():
+  from configs import prune_qwen
+  from jshear.prune.targets import validate_target
+  c = prune_qwen.get_config()
+  assert c.model.source == ""  # given on the command line
+  qwen25 = ModelConfig(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_layers=24,
+                       num_heads=14, num_kv_heads=2, head_dim=64, qkv_bias=True,
+                       tie_embeddings=True)
+  t = c.prune.target
+  validate_target(qwen25, TargetShape(t.num_layers, t.num_heads, t.num_kv_heads, t.hidden_size,
+                                      t.intermediate_size), c.prune.groups.split(","))
+  # The Qwen3-0.6B overrides its docstring gives.
+  qwen3 = ModelConfig(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_layers=28,
+                      num_heads=16, num_kv_heads=8, head_dim=128, qk_norm=True, tie_embeddings=True)
+  validate_target(qwen3, TargetShape(20, 12, 6, 768, 2048), ("layer", "kv", "intermediate", "hidden"))
+  assert "Qwen3-0.6B" in prune_qwen.__doc__ and "num_kv_heads=6" in prune_qwen.__doc__
+
+
+def test_pipeline_prunes_distills_and_exports_a_qwen_source(tmp_path):
+  """DimCHOP (importance re-scoring while training), finalize, continued pretraining with
+  distillation from the source, export: a Qwen2 source ends as a Qwen2ForCausalLM."""
+  import tiny_world
+  from jshear.train.pipeline import run
+  world = tiny_world.build(tmp_path / "world")
+  config = qwen2_config(vocab_size=256, hidden_size=64, num_attention_heads=4,
+                        num_key_value_heads=2, num_hidden_layers=4, intermediate_size=96,
+                        bos_token_id=2, eos_token_id=3)
+  build(config).save_pretrained(world["hf"])  # replaces the LLaMA; the tokenizer stays
+  cfg = tiny_world.config(world)  # target (3, 2, 1, 32, 48): layer, kv, intermediate, hidden
+  cfg.stages, cfg.prune.method = "prune,finalize,continue,export", "dimchop"
+  cfg.prune.dimchop_every, cfg.prune.calib_rows = 2, 2
+  cfg.continued.steps, cfg.continued.eval_every, cfg.continued.ckpt_every = 2, 0, 2
+  cfg.distill.update(enable=True, teachers="source")
+  summary = run(cfg, str(tmp_path / "run"))
+  hf = transformers.AutoModelForCausalLM.from_pretrained(summary["hf_dir"])
+  c = hf.config
+  assert type(hf).__name__ == "Qwen2ForCausalLM"
+  assert (c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.hidden_size,
+          c.intermediate_size) == (3, 2, 1, 32, 48)
+  assert hf.model.layers[0].self_attn.k_proj.bias.shape == (16,)
