@@ -279,7 +279,8 @@ def test_prune_qwen_config_fits_qwen_shapes():
   # The Qwen3-0.6B overrides its docstring gives.
   qwen3 = ModelConfig(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_layers=28,
                       num_heads=16, num_kv_heads=8, head_dim=128, qk_norm=True, tie_embeddings=True)
-  validate_target(qwen3, TargetShape(20, 12, 6, 768, 2048), ("layer", "kv", "intermediate", "hidden"))
+  validate_target(qwen3, TargetShape(20, 12, 6, 768, 2048),
+                  ("layer", "kv", "intermediate", "hidden"))
   assert "Qwen3-0.6B" in prune_qwen.__doc__ and "num_kv_heads=6" in prune_qwen.__doc__
 
 

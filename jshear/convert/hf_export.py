@@ -1,8 +1,8 @@
 """jshear params -> Hugging Face directory (safetensors shards + config.json + tokenizer).
 
 LLaMA family -> LlamaForCausalLM, or Qwen2ForCausalLM (q/k/v biases) / Qwen3ForCausalLM
-(q/k norms), see `ModelConfig.hf_model_type`; parallel family -> CohereForCausalLM (same math: one
-bias-free LayerNorm per block, parallel attention + SwiGLU, per-head q/k LayerNorm,
+(q/k norms), see `ModelConfig.hf_model_type`; parallel family -> CohereForCausalLM (same
+math: one bias-free LayerNorm per block, parallel attention + SwiGLU, per-head q/k LayerNorm,
 interleaved RoPE, logit_scale). Shards are written one at a time, so peak memory is one
 shard plus the params already held.
 """
