@@ -59,9 +59,10 @@ def _args(B, T, N, KV, D, dtype):
           jax.random.normal(ks[3], (B, T, N, D), dtype))
 
 
-def run(impls, seqs, tokens, N, KV, D, dtype, iters, device):
+def run(impls, seqs, tokens, N, KV, D, dtype, iters, device, emit=_emit):
   """Per sequence length: compile and warm up every impl, then time them interleaved (one
-  step of each per round) so a noisy shared machine slows all contenders alike."""
+  step of each per round) so a noisy shared machine slows all contenders alike. `emit`
+  (default: print a JSON line) receives each figure as keyword arguments."""
   for T in seqs:
     B = max(1, tokens // T)
     flops = 3.5 * attention_flops(B, T, T, N, D, causal=True)
@@ -77,7 +78,7 @@ def run(impls, seqs, tokens, N, KV, D, dtype, iters, device):
         steps[name] = step
       except Exception as e:  # report and go on: one impl failing must not hide the rest
         err = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
-        _emit(bench="attention", impl=name, **fig, error=err)
+        emit(bench="attention", impl=name, **fig, error=err)
     times = {name: [] for name in steps}
     for _ in range(iters):
       for name, step in steps.items():
@@ -86,8 +87,14 @@ def run(impls, seqs, tokens, N, KV, D, dtype, iters, device):
         times[name].append(time.perf_counter() - t0)
     for name, ts in times.items():
       sec = statistics.median(ts)
-      _emit(bench="attention", impl=name, **fig, ms=round(sec * 1e3, 3),
-            tflops=round(flops / sec / 1e12, 4))
+      emit(bench="attention", impl=name, **fig, ms=round(sec * 1e3, 3),
+           tflops=round(flops / sec / 1e12, 4))
+
+
+def jshear_impls(names):
+  """{name: causal attention through jshear's entry point with impl=name}."""
+  return {name: (lambda q, k, v, name=name: attention(q, k, v, causal=True, impl=name))
+          for name in names}
 
 
 def main():
@@ -109,8 +116,7 @@ def main():
     run(impls, seqs, tokens=1024, N=9, KV=3, D=64, dtype=jnp.float32,
         iters=args.iters or 5, device=device)
     return
-  impls = {name: (lambda q, k, v, name=name: attention(q, k, v, causal=True, impl=name))
-           for name in ("pallas", "cudnn", "xla")}
+  impls = jshear_impls(("pallas", "cudnn", "xla"))
   seqs = (2048,) if args.small else (2048, 4096, 8192)
   run(impls, seqs, tokens=16384, N=16, KV=16, D=128, dtype=jnp.bfloat16,
       iters=args.iters or 10, device=device)

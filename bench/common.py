@@ -105,8 +105,10 @@ def random_tokens(vocab_size: int, batch_size: int, seq: int):
   return np.random.default_rng(0).integers(0, vocab_size, (batch_size, seq)).astype(np.int32)
 
 
-def jshear_train_step(cfg, params, batch_size: int, seq: int, prune_groups=None, target=None):
-  """A jitted jshear train step on one device and its inputs: (step, state, batch)."""
+def jshear_train_step(cfg, params, batch_size: int, seq: int, prune_groups=None, target=None,
+                      compute_dtype=None):
+  """A jitted jshear train step on one device and its inputs: (step, state, batch).
+  compute_dtype: e.g. bfloat16 for mixed precision (None: the params' dtype)."""
   import jax
   import ml_collections
   import numpy as np
@@ -122,7 +124,8 @@ def jshear_train_step(cfg, params, batch_size: int, seq: int, prune_groups=None,
   if prune_groups is not None:
     ps = init_prune_state(cfg, target, prune_groups, jax.random.key(1))
   state = init_state(jax.device_put(params), opt, 0, ps)
-  step = jax.jit(make_train_step(cfg, opt, prune_warmup_steps=100), donate_argnums=0)
+  step = jax.jit(make_train_step(cfg, opt, prune_warmup_steps=100,
+                                  compute_dtype=compute_dtype), donate_argnums=0)
   toks = random_tokens(cfg.vocab_size, batch_size, seq)
   batch = {"tokens": toks, "segment_ids": np.ones_like(toks),
            "positions": np.tile(np.arange(seq, dtype=np.int32), (batch_size, 1))}
