@@ -67,7 +67,9 @@ def step_specs(smoke: bool) -> dict:
     return {"llama1b_continue": (toy, 2, 64, None, None),
             "llama1b_prune": (toy, 2, 64, groups, TargetShape(1, 2, 2, 32, 64)),
             "smollm2_continue": (smol, 1, 32, None, None)}
-  # Sheared-LLaMA-1.3B's shape (configs/sheared_1p3b.py's target), LLaMA2 vocabulary.
+  # Sheared-LLaMA-1.3B's shape (configs/sheared_1p3b.py's target), LLaMA2 vocabulary. 4 x 4096
+  # tokens: the planner puts 8 x 4096 at 112 GiB with XLA attention (the fallback), too close
+  # to the H200's 141 GB beside what the main process still holds.
   b13 = ModelConfig(vocab_size=32000, hidden_size=2048, intermediate_size=5504, num_layers=24,
                     num_heads=16, num_kv_heads=16, head_dim=128)
   smol = ModelConfig(**SOURCE_SHAPES["smollm2-135m"])
@@ -268,7 +270,8 @@ def part_kernels(rec: Recorder, sz: dict, state: dict):
     os.environ["JSHEAR_PALLAS_INTERPRET"] = "0"  # compiled through Triton, never interpreted
   # CPU: interpret-mode kernels are XLA loops; skip the optimisation passes (as the tests do).
   options = None if on_gpu else {"xla_backend_optimization_level": 0}
-  rec.add("kernels", figure="mode", pallas_interpret=interpret_default(), backend=jax.default_backend())
+  rec.add("kernels", figure="mode", pallas_interpret=interpret_default(),
+          backend=jax.default_backend())
   deadline = time.perf_counter() + sz["kernel_budget_s"]
   impls = ("pallas", "cudnn") if on_gpu else ("pallas",)
   if not on_gpu:
@@ -576,7 +579,8 @@ def main():
   if a.smoke and not a.worker:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     # Toy sizes: compile time is the cost, and XLA:CPU's optimisation passes are most of it.
-    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+    flags = os.environ.get("XLA_FLAGS", "")
+    os.environ["XLA_FLAGS"] = flags + " --xla_backend_optimization_level=0"
   if a.worker:
     names = a.names.split(",")
     return worker_step(names, a.smoke) if a.worker == "step" else worker_plan(names, a.smoke)
