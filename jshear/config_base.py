@@ -101,7 +101,10 @@ def base_config() -> mlc.ConfigDict:
                         reweight_every=50)
   c.prune.method = "learned"
   c.prune.groups = "layer,head,intermediate,hidden"
-  c.prune.constraint = "per_layer"   # per_layer (reference code) | count (paper)
+  c.prune.constraint = "layer_mean"  # layer_mean (reference code) | per_layer | count (paper)
+  c.prune.size_control = "lagrangian"  # lagrangian (reference) | projection (exact sizes)
+  c.prune.mask_init = "uniform"      # uniform (reference: every gate intact) | importance
+  c.prune.mask_init_spread = 9.2     # importance init: nats from the cut to the least important
   c.prune.target_warmup_steps = 640
   c.prune.target = mlc.ConfigDict({"num_layers": 0, "num_heads": 0, "num_kv_heads": 0,
                                    "hidden_size": 0, "intermediate_size": 0})

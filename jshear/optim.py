@@ -1,10 +1,13 @@
 """Learning-rate schedules and the optimizer over {"params", "prune"}.
 
-Three groups through `optax.multi_transform`:
+Groups through `optax.multi_transform`:
   weights    AdamW with the schedule
   log_alpha  Adam at its own learning rate (mask logits)
   lambdas    Adam at a *negative* learning rate: optax subtracts lr * update, so lr < 0 moves
              along the gradient, i.e. gradient ascent on the Lagrange multipliers.
+  frozen     the prune state's bookkeeping (clamp_excess, start_sparsity): never changed by the optimizer.
+All Adam groups share the run's b1, b2 and eps, as in the reference (one AdamW, weight
+decay 0 on masks and lambdas).
 Reference-code side effects are options: `schedule_masks` scales the mask/lambda learning
 rates by the weight schedule (reference: yes); `clip_masks` includes masks and lambdas in
 global-norm clipping (reference: yes).
@@ -51,6 +54,8 @@ def _label(path, _):
   keys = [getattr(k, "key", getattr(k, "name", None)) for k in path]
   if keys[0] == "params":
     return "weights"
+  if "clamp_excess" in keys or "start_sparsity" in keys:
+    return "frozen"
   return "masks" if "log_alpha" in keys else "lambdas"
 
 
@@ -64,15 +69,21 @@ def build_optimizer(tc, total_steps: int, has_prune: bool) -> optax.GradientTran
   if not has_prune:
     return optax.chain(clip, weights)
 
+  # The weight schedule's shape at peak 1, so a stage with lr=0 still scales these groups.
+  shape = make_schedule(tc.schedule, 1.0, total_steps, tc.warmup_steps, tc.final_lr_fraction,
+                        tc.get("decay_fraction", 0.2))
+
   def group_lr(lr):
     if tc.schedule_masks:
-      return lambda step: lr * sched(step) / tc.lr
+      return lambda step: lr * shape(step)
     return lr
 
+  adam = lambda lr: optax.adam(group_lr(lr), b1=tc.b1, b2=tc.b2, eps=tc.eps)
   groups = {
       "weights": weights if tc.clip_masks else optax.chain(clip, weights),
-      "masks": optax.adam(group_lr(tc.mask_lr)),
-      "lambdas": optax.adam(group_lr(tc.lambda_lr)),
+      "masks": adam(tc.mask_lr),
+      "lambdas": adam(tc.lambda_lr),
+      "frozen": optax.set_to_zero(),
   }
   labels = lambda tree: jax.tree_util.tree_map_with_path(_label, tree)
   opt = optax.multi_transform(groups, labels)

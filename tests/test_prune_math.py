@@ -164,11 +164,26 @@ def test_deterministic_masks_give_exact_target(src, tgt, groups):
       assert np.all(lo_kept >= hi_dropped)
 
 
-def test_deterministic_ties_keep_lower_index():
-  la = {"layer": jnp.zeros(4), "intermediate": jnp.zeros((4, 12))}
-  m = deterministic_masks(la, MHA, TargetShape(2, 4, 4, 16, 5), binary=True)
-  np.testing.assert_array_equal(np.asarray(m["layer"]), [1, 1, 0, 0])
-  np.testing.assert_array_equal(np.asarray(m["intermediate"])[0], [1] * 5 + [0] * 7)
+def test_ties_at_the_clamp_bound_are_broken_by_what_was_learned():
+  # Every logit sits at a bound; the clamp excess (what clamping cut off) orders them, and
+  # the order it gives is the reverse of the index order.
+  st = init_prune_state(MHA, TargetShape(2, 4, 4, 16, 5), ("layer", "intermediate"),
+                        jax.random.PRNGKey(0))
+  lo = hc.LOG_ALPHA_MIN
+  pushed = {"layer": jnp.full(4, lo) - jnp.array([3.0, 2.0, 1.0, 0.5]),
+            "intermediate": jnp.full((4, 12), lo) - jnp.linspace(2.0, 0.1, 12)[None]}
+  st = st.clamped(pushed)  # as the train step applies it after an update
+  assert np.all(np.asarray(st.log_alpha["layer"]) == np.float32(lo))
+  m = eval_masks(st)
+  np.testing.assert_array_equal(np.asarray(m["layer"]) > 0, [0, 0, 1, 1])
+  np.testing.assert_array_equal(np.asarray(m["intermediate"])[0] > 0, [0] * 7 + [1] * 5)
+  # Soft values still come from the clamped logits (what the gates computed with).
+  np.testing.assert_allclose(np.asarray(m["layer"])[2:],
+                             float(hc.deterministic_score(jnp.float32(lo))), rtol=1e-6)
+  # The excess accumulates over updates and moving back inside the bounds keeps it.
+  st2 = st.clamped(jax.tree.map(lambda a: a + 0.1, st.log_alpha))
+  np.testing.assert_allclose(np.asarray(st2.clamp_excess["layer"]),
+                             -np.array([3.0, 2.0, 1.0, 0.5]), rtol=1e-6)
 
 
 def _actual_params(cfg, m):
@@ -222,6 +237,46 @@ def _hand_state(constraint):
   return st.replace(log_alpha=la)
 
 
+def test_lagrangian_layer_mean_hand_computed():
+  # The reference form: one scalar pair per group, per-layer terms averaged over layers.
+  st = _hand_state("layer_mean")
+  assert st.lambda1["head"].shape == () and st.lambda1["hidden"].shape == ()
+  st = st.replace(lambda1={"head": jnp.float32(2.0), "hidden": jnp.float32(3.0)},
+                  lambda2={"head": jnp.float32(0.5), "hidden": jnp.float32(1.0)})
+  # step 50 of 100 warmup: t = 0.25. Head sparsity per layer [0.5, 0.1, 0.6, 0.25], gaps
+  # [0.25, -0.15, 0.35, 0]: mean of 2 * gap + 0.5 * gap^2 over the 4 layers.
+  gaps = np.array([0.25, -0.15, 0.35, 0.0])
+  head = float(np.mean(2 * gaps + 0.5 * gaps ** 2))
+  hidden = 3 * 0.2 + 1 * 0.04  # hidden sparsity 0.45, gap 0.2
+  (pen, diag), g = _lag_and_grad(st, 50, 100)
+  assert float(pen) == pytest.approx(head + hidden, abs=1e-6)
+  assert float(g.lambda1["head"]) == pytest.approx(gaps.mean(), abs=1e-6)
+  assert float(g.lambda2["head"]) == pytest.approx(np.mean(gaps ** 2), abs=1e-6)
+  # The pressure on one layer's gates is 1/L of the summed form's.
+  summed = _hand_state("per_layer").replace(
+      lambda1={"head": jnp.full(4, 2.0), "hidden": jnp.float32(3.0)},
+      lambda2={"head": jnp.full(4, 0.5), "hidden": jnp.float32(1.0)})
+  (_, _), gs = _lag_and_grad(summed, 50, 100)
+  np.testing.assert_allclose(np.asarray(g.log_alpha["head"]) * 4,
+                             np.asarray(gs.log_alpha["head"]), rtol=1e-5)
+
+
+def test_warmup_starts_from_the_initial_sparsity_of_scored_masks():
+  src, tgt = MHA, TargetShape(4, 2, 2, 8, 12)
+  la = {"head": jnp.asarray(_la_for_prob(np.full((4, 4), 0.75))),
+        "hidden": jnp.asarray(_la_for_prob(np.full(16, 0.5)))}
+  st = init_prune_state(src, tgt, ("head", "hidden"), jax.random.PRNGKey(0), log_alpha=la)
+  np.testing.assert_allclose(np.asarray(st.start_sparsity["head"]), 0.25, atol=1e-5)
+  (_, d0), _ = _lag_and_grad(st, 0, 100)
+  (_, d1), _ = _lag_and_grad(st, 100, 100)
+  assert float(d0["prune/head/target_sparsity"]) == pytest.approx(0.25, abs=1e-5)
+  assert float(d0["prune/hidden/target_sparsity"]) == pytest.approx(0.5, abs=1e-5)
+  assert float(d1["prune/head/target_sparsity"]) == pytest.approx(0.5, abs=1e-6)
+  # The reference start is the intact model: the warm-up starts at 0.
+  plain = init_prune_state(src, tgt, ("head", "hidden"), jax.random.PRNGKey(0))
+  assert float(jnp.max(plain.start_sparsity["head"])) == 0.0
+
+
 def test_lagrangian_per_layer_hand_computed():
   st = _hand_state("per_layer")
   assert st.lambda1["head"].shape == (4,) and st.lambda1["hidden"].shape == ()
@@ -273,13 +328,15 @@ def test_state_init_sample_eval():
   assert st.groups == ("layer", "kv", "intermediate", "hidden")  # canonical order
   for g, la in st.log_alpha.items():
     assert float(jnp.max(la)) <= math.log(100) + 1e-6 and float(jnp.min(la)) > 4.5
-  assert st.lambda1["kv"].shape == (5,) and st.lambda1["layer"].shape == ()
+  assert st.lambda1["kv"].shape == () and st.lambda1["layer"].shape == ()
   base = jax.random.PRNGKey(7)
   sample = jax.jit(sample_masks)
   a, b, c = sample(st, base, 3), sample(st, base, 3), sample(st, base, 4)
+  d = sample(st, base, 3, 1)  # the next micro-batch of the same step
   assert all(a[g].shape == st.log_alpha[g].shape for g in a)
   assert all(np.array_equal(np.asarray(a[g]), np.asarray(b[g])) for g in a)
   assert not all(np.array_equal(np.asarray(a[g]), np.asarray(c[g])) for g in a)
+  assert not all(np.array_equal(np.asarray(a[g]), np.asarray(d[g])) for g in a)
   em = jax.jit(eval_masks)(st)
   assert float(jnp.sum(em["layer"] > 0)) == 3 and float(jnp.sum(em["hidden"] > 0)) == 12
   assert 0.99 < float(jnp.max(em["layer"])) < 1.0  # soft score sigmoid(4.6 / beta * 0.8)

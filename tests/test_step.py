@@ -131,3 +131,63 @@ def test_optimizer_groups_descend_weights_and_masks_and_ascend_lambdas():
   np.testing.assert_allclose(new["params"]["w"], -1e-3, rtol=1e-3)          # AdamW step
   np.testing.assert_allclose(new["prune"]["log_alpha"]["hidden"], -0.5, rtol=1e-3)
   np.testing.assert_allclose(new["prune"]["lambda1"]["hidden"], 0.25, rtol=1e-3)  # ascent
+
+
+def _prune_state(mid=0.0):
+  from jshear.prune.state import init_prune_state
+  from jshear.prune.targets import TargetShape
+  ps = init_prune_state(CFG, TargetShape(2, 4, 2, 16, 24), ("intermediate", "hidden"),
+                        jax.random.key(3))
+  # Logits in the middle: samples differ visibly from one draw to the next.
+  return ps.replace(log_alpha=jax.tree.map(lambda a: jnp.full_like(a, mid), ps.log_alpha))
+
+
+def test_learned_masks_draw_a_fresh_sample_per_micro_batch_shared_by_all_shards():
+  from jshear.model.transformer import forward
+  from jshear.prune.state import sample_masks
+  from jshear.train.loss import nll_sum
+  from jshear.train.step import split_micro
+  opt = optax.sgd(0.0)
+  state = init_state(init_params(CFG, jax.random.key(0)), opt, 0, prune=_prune_state())
+  batch = _batch(5)
+  _, m = jax.jit(make_train_step(CFG, opt, grad_accum=2))(state, batch)
+  # By hand: micro-batch i (rows i, i+2, ...) under the sample for (step 0, micro i).
+  rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), 1)
+  micro = split_micro({k: jnp.asarray(v) for k, v in batch.items()}, 2)
+  def nll(i, j):
+    mb = jax.tree.map(lambda x: x[i], micro)
+    logits = forward(state["params"], mb["tokens"], sample_masks(state["prune"], rng, 0, j),
+                     cfg=CFG, positions=mb["positions"], segment_ids=mb["segment_ids"])
+    return float(nll_sum(logits, mb)[0])
+  tokens = float(m["tokens"])
+  fresh = (nll(0, 0) + nll(1, 1)) / tokens
+  shared = (nll(0, 0) + nll(1, 0)) / tokens  # one sample for the whole step
+  assert abs(fresh - shared) > 1e-3
+  np.testing.assert_allclose(float(m["lm_loss"]), fresh, rtol=1e-5)
+  # Data-parallel over 8 devices: every shard of a micro-batch uses the same gates, so the
+  # result is the single-device one.
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  sharded = {k: jax.device_put(v, rows) for k, v in batch.items()}
+  _, m8 = jax.jit(make_train_step(CFG, opt, grad_accum=1))(state, sharded)
+  _, m1 = jax.jit(make_train_step(CFG, opt, grad_accum=1))(state, batch)
+  np.testing.assert_allclose(float(m8["lm_loss"]), float(m1["lm_loss"]), rtol=1e-5)
+  by_hand = [float(nll_sum(forward(state["params"], jnp.asarray(batch["tokens"]),
+                                   sample_masks(state["prune"], rng, 0, 0), cfg=CFG,
+                                   positions=jnp.asarray(batch["positions"]),
+                                   segment_ids=jnp.asarray(batch["segment_ids"])),
+                           {k: jnp.asarray(v) for k, v in batch.items()})[0]) / tokens]
+  np.testing.assert_allclose(float(m8["lm_loss"]), by_hand[0], rtol=1e-5)
+
+
+def test_zero_weight_lr_keeps_mask_and_lambda_updates_finite():
+  block = train_block(steps=10, warmup_steps=2, lr=0.0, schedule="cosine")
+  opt = build_optimizer(block, block.steps, True)
+  state = init_state(init_params(CFG, jax.random.key(0)), opt, 0, prune=_prune_state(2.0))
+  new, m = jax.jit(make_train_step(CFG, opt, prune_warmup_steps=0))(state, _batch())
+  new, m = jax.jit(make_train_step(CFG, opt, prune_warmup_steps=0))(new, _batch())
+  assert int(m["skipped"]) == 0
+  la0, la2 = state["prune"].log_alpha["hidden"], new["prune"].log_alpha["hidden"]
+  assert np.all(np.isfinite(np.asarray(la2))) and not np.array_equal(la0, la2)
+  for a, b in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(new["params"])):
+    np.testing.assert_array_equal(a, b)  # lr 0: weights stay

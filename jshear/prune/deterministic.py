@@ -1,8 +1,9 @@
 """Deterministic end-of-pruning masks that keep exactly the target shape.
 
-Ranking uses log_alpha (the same order as the score sigmoid(log_alpha / beta * 0.8), but
-without float32 saturation ties); ties go to the lower index. Kept entries carry their soft
-score (folded into the weights later) or 1 with binary=True; dropped entries are 0.
+Ranking uses the given logits (learned pruning passes the unclamped ones, so values that
+the clamp made equal are ordered by what was learned); exactly equal values are the only
+ties, and they go to the lower index. Kept entries carry their soft score (folded into the
+weights later) or 1 with binary=True; dropped entries are 0.
 """
 
 from __future__ import annotations
@@ -25,15 +26,21 @@ def keep_top(log_alpha: jax.Array, keep: int) -> jax.Array:
 
 
 def deterministic_masks(log_alpha, src: ModelConfig, target: TargetShape,
-                        binary: bool = False) -> dict:
-  """Masks from a PruneState or a {group: log_alpha} dict, keeping exactly `target`.
+                        binary: bool = False, soft_from: dict | None = None,
+                        binary_groups=()) -> dict:
+  """Masks from a PruneState or a {group: logits} dict, keeping exactly `target`.
+
+  Kept entries get the soft score of `soft_from` (default: the logits themselves), or 1
+  for every group with binary=True and for the groups in `binary_groups`.
 
   layer / hidden: the top-k globally; intermediate: the top-k of each layer; kv: the top
   target-kv groups of each layer; head: inside every kept group the top (target heads per
   group), so all kept groups keep the same number of query heads (MHA source without `kv`:
   the top target-heads of each layer). `target` counts must be static Python ints.
   """
-  log_alpha = getattr(log_alpha, "log_alpha", log_alpha)
+  if hasattr(log_alpha, "ranking"):  # a PruneState
+    soft_from = log_alpha.log_alpha if soft_from is None else soft_from
+    log_alpha = log_alpha.ranking()
   groups = tuple(log_alpha)
   kept = kept_sizes(src, target, groups)
   shapes = mask_shapes(src)
@@ -58,4 +65,6 @@ def deterministic_masks(log_alpha, src: ModelConfig, target: TargetShape,
 
   if binary:
     return {g: keep[g] for g in groups}
-  return {g: keep[g] * hard_concrete.deterministic_score(log_alpha[g]) for g in groups}
+  soft = log_alpha if soft_from is None else soft_from
+  return {g: keep[g] if g in binary_groups else
+          keep[g] * hard_concrete.deterministic_score(soft[g]) for g in groups}

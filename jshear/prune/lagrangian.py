@@ -6,13 +6,14 @@ Minimised over log_alpha, maximised over lambda1/lambda2 (the optimizer does the
 gradient w.r.t. lambda1 is just s - t).
 
 Constraint modes (PruneState.constraint):
-  per_layer (default, the reference code's form): for [L, n] groups (head, kv, intermediate)
-    s is each layer's sparsity fraction, lambdas are [L] and the penalty sums over layers,
-    so every layer is pushed to the same shape. (The reference shares one scalar lambda per
-    group and averages the per-layer terms; one multiplier per layer lets a layer that lags
-    get its own pressure and makes d penalty / d lambda1[l] = s_l - t.)
+  layer_mean (default, the reference code's form): for [L, n] groups (head, kv,
+    intermediate) s is each layer's sparsity fraction, one scalar lambda pair per group,
+    and the per-layer terms are averaged over layers, so every layer is pushed to the same
+    shape and d penalty / d lambda1 = mean_l (s_l - t).
+  per_layer: as layer_mean but one multiplier pair per layer and the terms summed (each
+    layer's row gates feel L times the pressure; each layer's lambda acts on its own).
   count (the paper's form): one scalar lambda pair per group on the total expected count.
-`layer` and `hidden` are one global constraint in both modes.
+`layer` and `hidden` are one global constraint in every mode.
 """
 
 from __future__ import annotations
@@ -21,16 +22,26 @@ import jax
 import jax.numpy as jnp
 
 from jshear.prune.expected import expected_params, expected_sizes, prunable_params
-from jshear.prune.state import ROW_GROUPS, PruneState, probs
+from jshear.prune.state import ROW_GROUPS, PruneState, expected_sparsity, probs
 from jshear.prune.targets import kept_sizes, source_sizes, target_config
 
 
-def warmup_sparsity(final, step, warmup_steps: int):
-  """t(step) = final * min(1, step / warmup_steps): from the source (0) to the target."""
+def warmup_sparsity(final, step, warmup_steps: int, start=0.0):
+  """t(step) = start + (final - start) * min(1, step / warmup_steps): from where the masks
+  start (0 = the intact source) to the target."""
   if warmup_steps <= 0:
-    return jnp.asarray(final, jnp.float32)
+    return jnp.asarray(final, jnp.float32) + 0.0 * jnp.asarray(start, jnp.float32)
   frac = jnp.minimum(1.0, jnp.asarray(step, jnp.float32) / warmup_steps)
-  return jnp.float32(final) * frac
+  start = jnp.asarray(start, jnp.float32)
+  return start + (jnp.float32(final) - start) * frac
+
+
+def target_sparsity(state: PruneState, step, warmup_steps: int) -> dict:
+  """Per group, the warmed-up target sparsity at `step` (shaped like its constraint)."""
+  n_src = source_sizes(state.src, state.groups)
+  n_kept = kept_sizes(state.src, state.target, state.groups)
+  return {g: warmup_sparsity(1.0 - n_kept[g] / n_src[g], step, warmup_steps,
+                             state.start_sparsity[g]) for g in state.groups}
 
 
 def lagrangian(state: PruneState, step, warmup_steps: int) -> tuple[jax.Array, dict]:
@@ -40,25 +51,23 @@ def lagrangian(state: PruneState, step, warmup_steps: int) -> tuple[jax.Array, d
   sizes = expected_sizes(p)
   n_src, n_kept = source_sizes(src, groups), kept_sizes(src, state.target, groups)
   L = src.num_layers
+  sparsity = expected_sparsity(state)
   penalty = jnp.float32(0.0)
   diag = {}
   for g in groups:
     n = n_src[g]
-    t = warmup_sparsity(1.0 - n_kept[g] / n, step, warmup_steps)
-    if g in ROW_GROUPS and state.constraint == "per_layer":
-      s = 1.0 - sizes[g] / n                        # [L]
-    elif g in ROW_GROUPS:
-      s = 1.0 - jnp.sum(sizes[g]) / (L * n)
-    else:                                           # layer, hidden: global
-      s = 1.0 - jnp.sum(sizes[g]) / n
+    t = warmup_sparsity(1.0 - n_kept[g] / n, step, warmup_steps, state.start_sparsity[g])
+    s = sparsity[g]
     gap = s - t
-    penalty = penalty + jnp.sum(state.lambda1[g] * gap + state.lambda2[g] * gap ** 2)
+    terms = state.lambda1[g] * gap + state.lambda2[g] * gap ** 2
+    reduce = jnp.mean if state.constraint == "layer_mean" else jnp.sum
+    penalty = penalty + reduce(terms)
     total = L * n if g in ROW_GROUPS else n
     diag.update({
         f"prune/{g}/expected_size": jnp.sum(sizes[g]),
-        f"prune/{g}/target_size": (1.0 - t) * total,
+        f"prune/{g}/target_size": jnp.mean(1.0 - t) * total,
         f"prune/{g}/expected_sparsity": jnp.mean(s),
-        f"prune/{g}/target_sparsity": t,
+        f"prune/{g}/target_sparsity": jnp.mean(t),
         f"prune/{g}/max_abs_gap": jnp.max(jnp.abs(gap)),
         f"prune/{g}/lambda1": jnp.mean(state.lambda1[g]),
         f"prune/{g}/lambda2": jnp.mean(state.lambda2[g]),

@@ -12,6 +12,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from jshear.errors import JShearError
@@ -19,9 +20,14 @@ from jshear.model.config import ModelConfig
 from jshear.model.masks import MASK_NAMES, mask_shapes
 from jshear.prune import hard_concrete
 from jshear.prune.deterministic import deterministic_masks
-from jshear.prune.targets import TargetShape, validate_target
+from jshear.prune.expected import expected_sizes
+from jshear.prune.targets import TargetShape, source_sizes, validate_target
 
-CONSTRAINTS = ("per_layer", "count")
+# layer_mean (default, the reference code's form): one scalar multiplier pair per group, the
+#   per-layer penalty averaged over layers (every layer pushed to the same shape);
+# per_layer: one multiplier pair per layer for [L, n] groups, the penalty summed over layers;
+# count (the paper's form): one scalar pair per group on the total expected count.
+CONSTRAINTS = ("layer_mean", "per_layer", "count")
 # Groups whose gates are [L, n]: constrained per layer in "per_layer" mode.
 ROW_GROUPS = ("head", "kv", "intermediate")
 
@@ -31,9 +37,27 @@ class PruneState:
   log_alpha: dict
   lambda1: dict
   lambda2: dict
+  # What the clamp to [ln 0.01, ln 100] cut off log_alpha, summed over steps: log_alpha +
+  # clamp_excess is the unclamped value, which breaks ties at the bounds by what was learned.
+  # Not trained (the optimizer leaves it alone); updated where the clamp is applied.
+  clamp_excess: dict
+  # Expected sparsity the target warm-up starts from (per group, shaped like the constraint):
+  # 0 for the reference's intact start, the initial expected sparsity for masks initialised
+  # from scores. Not trained.
+  start_sparsity: dict
   src: ModelConfig = struct.field(pytree_node=False)
   target: TargetShape = struct.field(pytree_node=False)
-  constraint: str = struct.field(pytree_node=False, default="per_layer")
+  constraint: str = struct.field(pytree_node=False, default="layer_mean")
+
+  def clamped(self, new_log_alpha: dict) -> "PruneState":
+    """This state with `new_log_alpha` clamped, the part cut off added to clamp_excess."""
+    clamped = hard_concrete.clamp_log_alpha(new_log_alpha)
+    excess = jax.tree.map(lambda e, a, c: e + (a - c), self.clamp_excess, new_log_alpha, clamped)
+    return self.replace(log_alpha=clamped, clamp_excess=excess)
+
+  def ranking(self) -> dict:
+    """The unclamped logits: what deterministic masks rank by."""
+    return jax.tree.map(jnp.add, self.log_alpha, self.clamp_excess)
 
   @property
   def groups(self) -> tuple[str, ...]:
@@ -47,16 +71,33 @@ def lambda_shape(src: ModelConfig, group: str, constraint: str) -> tuple[int, ..
 
 
 def init_prune_state(src: ModelConfig, target: TargetShape, groups: Sequence[str],
-                     rng: jax.Array, constraint: str = "per_layer",
-                     mean: float = 5.0, std: float = 0.01) -> PruneState:
-  """Fresh state: log_alpha ~ N(mean, std) then clamped (model intact), lambdas zero."""
+                     rng: jax.Array, constraint: str = "layer_mean",
+                     mean: float = 5.0, std: float = 0.01,
+                     log_alpha: dict | None = None) -> PruneState:
+  """Fresh state: log_alpha ~ N(mean, std) then clamped (model intact), or the given
+  `log_alpha` (e.g. from importance scores, `jshear.prune.mask_init`); lambdas zero."""
   if constraint not in CONSTRAINTS:
-    raise JShearError(f"prune constraint must be one of {CONSTRAINTS}, got {constraint!r}")
+    raise JShearError(f"config.prune.constraint must be one of {CONSTRAINTS}, got "
+                      f"{constraint!r}")
   validate_target(src, target, groups)
   # Canonical order so the same groups in any order give the same pytree and rngs.
   groups = tuple(g for g in MASK_NAMES if g in groups)
-  log_alpha, lambda1, lambda2 = _init_arrays(src, groups, constraint, rng, mean, std)
-  return PruneState(log_alpha, lambda1, lambda2, src=src, target=target, constraint=constraint)
+  la, lambda1, lambda2 = _init_arrays(src, groups, constraint, rng, mean, std)
+  if log_alpha is not None:
+    shapes = mask_shapes(src)
+    for g in groups:
+      if g not in log_alpha or tuple(np.shape(log_alpha[g])) != shapes[g]:
+        raise JShearError(f"initial log_alpha for group {g!r}: expected shape {shapes[g]}, got "
+                          f"{np.shape(log_alpha[g]) if g in log_alpha else 'nothing'}")
+    la = hard_concrete.clamp_log_alpha({g: jnp.asarray(log_alpha[g], jnp.float32)
+                                        for g in groups})
+  excess = jax.tree.map(jnp.zeros_like, la)
+  state = PruneState(la, lambda1, lambda2, excess, {}, src=src, target=target,
+                     constraint=constraint)
+  start = expected_sparsity(state)  # shaped like the constraint: [L] or scalar per group
+  if log_alpha is None:
+    start = jax.tree.map(jnp.zeros_like, start)
+  return state.replace(start_sparsity=start)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 4, 5))
@@ -72,24 +113,51 @@ def _init_arrays(src, groups, constraint, rng, mean, std):
   return hard_concrete.clamp_log_alpha(log_alpha), lambda1, lambda2
 
 
-def sample_masks(state: PruneState, rng: jax.Array, step) -> dict:
-  """One hard-concrete sample per group for training step `step`.
+def sample_masks(state: PruneState, rng: jax.Array, step, micro=0) -> dict:
+  """One hard-concrete sample per group for micro-batch `micro` of training step `step`.
 
-  The key is fold_in(rng, step), identical on every data-parallel shard, so one mask
-  multiplies the whole global batch: one sample per step, as in the paper, and a run that
-  does not depend on the device count. (The reference seeds each rank differently, so its
-  masks and results change with the number of GPUs.)
+  One sample per forward pass, as in the reference: the key is fold_in(fold_in(rng, step),
+  micro), so micro-batches draw different gates while every data-parallel shard of one
+  micro-batch draws the same ones, and a run does not depend on the device count. (The
+  reference seeds each rank differently, so its masks change with the number of GPUs.)
   """
-  rng = jax.random.fold_in(rng, step)
+  rng = jax.random.fold_in(jax.random.fold_in(rng, step), micro)
   return {g: hard_concrete.sample(la, jax.random.fold_in(rng, MASK_NAMES.index(g)))
           for g, la in state.log_alpha.items()}
 
 
+def binary_groups(src: ModelConfig) -> tuple[str, ...]:
+  """Groups whose deterministic masks keep units at 1 rather than their soft score: the
+  hidden mask of a tied source, so that finalize keeps the embedding tied (a soft hidden
+  mask would scale the input embedding but not the LM head) and the finalized model is
+  the one evaluated at the end of pruning."""
+  return ("hidden",) if src.tie_embeddings else ()
+
+
 def eval_masks(state: PruneState) -> dict:
-  """Deterministic masks with exactly the target kept, kept entries at their soft score."""
-  return deterministic_masks(state, state.src, state.target)
+  """Deterministic masks with exactly the target kept, kept entries at their soft score
+  (ranked by the unclamped logits, see PruneState.clamp_excess)."""
+  return deterministic_masks(state.ranking(), state.src, state.target,
+                             soft_from=state.log_alpha, binary_groups=binary_groups(state.src))
 
 
 def probs(state: PruneState) -> dict:
   """P(z != 0) per gate."""
   return jax.tree.map(hard_concrete.prob_nonzero, state.log_alpha)
+
+
+def expected_sparsity(state: PruneState) -> dict:
+  """Per group, the expected sparsity the constraint compares with its target: [L] for row
+  groups under layer_mean / per_layer, a scalar otherwise."""
+  sizes = expected_sizes(probs(state))
+  n_src = source_sizes(state.src, state.groups)
+  out = {}
+  for g in state.groups:
+    n = n_src[g]
+    if g in ROW_GROUPS and state.constraint in ("layer_mean", "per_layer"):
+      out[g] = 1.0 - sizes[g] / n                   # [L]
+    elif g in ROW_GROUPS:
+      out[g] = 1.0 - jnp.sum(sizes[g]) / (state.src.num_layers * n)
+    else:                                           # layer, hidden: global
+      out[g] = 1.0 - jnp.sum(sizes[g]) / n
+  return out

@@ -19,10 +19,12 @@ import optax
 
 from jshear.model.config import ModelConfig
 from jshear.model.transformer import forward
-from jshear.prune import hard_concrete
-from jshear.prune.lagrangian import lagrangian
+from jshear.prune.lagrangian import lagrangian, target_sparsity
+from jshear.prune.projection import project
 from jshear.prune.state import sample_masks
 from jshear.train.loss import nll_sum, per_row_nll, token_targets
+
+SIZE_CONTROLS = ("lagrangian", "projection")
 
 
 
@@ -57,15 +59,20 @@ def split_micro(batch: dict, n: int, micro_sharding=None) -> dict:
 
 def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, *,
                     grad_accum: int = 1, compute_dtype=None, prune_warmup_steps: int = 0,
-                    micro_sharding=None, distill=None):
+                    micro_sharding=None, distill=None, size_control: str = "lagrangian"):
   """Returns step(state, batch) -> (state, metrics). Batch: tokens, segment_ids, positions
   [B, T] (domain etc. are ignored). With `distill` (a `jshear.distill.Distiller`) the step
-  is step(state, batch, teachers), teachers a list of teacher param trees."""
+  is step(state, batch, teachers), teachers a list of teacher param trees.
+  `size_control` (learned masks): "lagrangian" adds the penalty and trains the multipliers;
+  "projection" shifts the gate logits to the warmed-up target after every update
+  (`jshear.prune.projection`) and leaves the penalty out."""
+  if size_control not in SIZE_CONTROLS:
+    raise ValueError(f"size_control must be one of {SIZE_CONTROLS}, got {size_control!r}")
 
-  def micro_loss(trainable, mb, step, mask_rng, total_tokens, teachers, fixed):
+  def micro_loss(trainable, mb, step, micro, mask_rng, total_tokens, teachers, fixed):
     masks, ste = fixed if fixed is not None else (None, None)
-    if "prune" in trainable:
-      masks = sample_masks(trainable["prune"], mask_rng, step)
+    if "prune" in trainable:  # a fresh gate sample per micro-batch (per forward pass)
+      masks = sample_masks(trainable["prune"], mask_rng, step, micro)
     want_hidden = distill is not None and distill.needs_hidden
     out = forward(trainable["params"], mb["tokens"], masks, cfg=cfg,
                   positions=mb.get("positions"), segment_ids=mb.get("segment_ids"),
@@ -90,23 +97,27 @@ def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, *
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
     fixed = (state["masks"], state["mask_ste"]) if "masks" in state else None
 
-    def accumulate(carry, mb):
+    def accumulate(carry, xs):
       g_acc, nll_acc = carry
-      (_, (nll, m)), g = grad_fn(trainable, mb, step, mask_rng, total_tokens, teachers, fixed)
+      mb, i = xs
+      (_, (nll, m)), g = grad_fn(trainable, mb, step, i, mask_rng, total_tokens, teachers,
+                                 fixed)
       return (jax.tree.map(jnp.add, g_acc, g), nll_acc + nll), m
 
     zeros = jax.tree.map(jnp.zeros_like, trainable)
-    (grads, nll), extra_m = jax.lax.scan(accumulate, (zeros, jnp.float32(0.0)), micro)
+    (grads, nll), extra_m = jax.lax.scan(accumulate, (zeros, jnp.float32(0.0)),
+                                         (micro, jnp.arange(grad_accum)))
     metrics = {"lm_loss": nll / total_tokens, "tokens": total_tokens}
     metrics.update(jax.tree.map(jnp.mean, extra_m))
     loss = metrics["lm_loss"]
     if "prune" in trainable:
       (penalty, diag), g_pen = jax.value_and_grad(
           lambda p: lagrangian(p, step, prune_warmup_steps), has_aux=True)(trainable["prune"])
-      grads["prune"] = jax.tree.map(jnp.add, grads["prune"], g_pen)
-      loss = loss + penalty
       metrics.update(diag)
-      metrics["lagrangian"] = penalty
+      if size_control == "lagrangian":
+        grads["prune"] = jax.tree.map(jnp.add, grads["prune"], g_pen)
+        loss = loss + penalty
+        metrics["lagrangian"] = penalty
 
     grad_norm = optax.tree.norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -115,9 +126,12 @@ def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, *
       updates, new_opt = optimizer.update(grads, state["opt_state"], trainable)
       new_tr = optax.apply_updates(trainable, updates)
       if "prune" in new_tr:
-        # Reference choice: keep log_alpha in [ln 0.01, ln 100] after every update.
-        new_tr["prune"] = new_tr["prune"].replace(
-            log_alpha=hard_concrete.clamp_log_alpha(new_tr["prune"].log_alpha))
+        # Reference choice: keep log_alpha in [ln 0.01, ln 100] after every update (what
+        # the clamp cuts off is kept as clamp_excess, for ranking).
+        new_tr["prune"] = new_tr["prune"].clamped(new_tr["prune"].log_alpha)
+        if size_control == "projection":  # sizes of the next step's target, exactly
+          new_tr["prune"] = project(new_tr["prune"], target_sparsity(
+              new_tr["prune"], step + 1, prune_warmup_steps))
       return new_tr, new_opt
 
     # A skipped step leaves params and optimizer state as they were. A cond rather than a
