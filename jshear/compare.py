@@ -254,7 +254,8 @@ def _final_model_dir(workdir: str) -> str:
 
 def _source_config(cfg):
   """The source model's config (no weights), or None when the run pretrains from scratch."""
-  from jshear.train.pipeline import _model_config, parse_stages, resolve_source
+  from jshear.train.pipeline import parse_stages
+  from jshear.train.stages.common import model_config as _model_config, resolve_source
   if "pretrain" in parse_stages(cfg.stages):
     return None
   return _model_config(cfg.init_from or resolve_source(cfg.model.source))
@@ -293,7 +294,7 @@ def compare(cfg, workdir: str) -> dict:
   res = collect(cfg, methods, summaries, configs)
   res["zeroshot_limit"] = limit
   if tasks_spec and res["source"] is not None:
-    from jshear.train.pipeline import resolve_source
+    from jshear.train.stages.common import resolve_source
     src_dir = cfg.init_from or resolve_source(cfg.model.source)
     res["source"]["zero_shot"] = zero_shot(src_dir, os.path.join(workdir, "source_zeroshot.json"),
                                            tasks_spec, limit)
@@ -323,4 +324,5 @@ if __name__ == "__main__":
                                             lock_config=True)
   _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for all methods' runs.")
   flags.mark_flag_as_required("config")
-  app.run(main)
+  from jshear.cli import parse_flags
+  app.run(main, flags_parser=parse_flags)

@@ -29,6 +29,7 @@ from jshear.errors import JShearError
 from jshear.model.config import ModelConfig
 from jshear.model.params import param_shapes
 
+ORIGIN_FILE = "origin.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
                    "chat_template.jinja", "generation_config.json")
@@ -139,11 +140,16 @@ class ParamWriter:
 
 @contextlib.contextmanager
 def model_writer(path: str, cfg: ModelConfig, dtypes: dict[str, np.dtype],
-                 tokenizer_dir: str | None = None, overwrite: bool = False):
-  """Stream a model into a new model dir (atomic): `with model_writer(...) as w: w.write(...)`."""
+                 tokenizer_dir: str | None = None, overwrite: bool = False,
+                 origin: dict | None = None):
+  """Stream a model into a new model dir (atomic): `with model_writer(...) as w: w.write(...)`.
+  `origin` (e.g. the source a pruned model came from) is kept in origin.json."""
   with atomic_dir(path, overwrite) as tmp:
     with open(os.path.join(tmp, "model_config.json"), "w") as f:
       f.write(cfg.to_json())
+    if origin:
+      with open(os.path.join(tmp, ORIGIN_FILE), "w") as f:
+        json.dump(origin, f, indent=2, sort_keys=True)
     writer = ParamWriter(os.path.join(tmp, "params"), cfg, dtypes)
     try:
       yield writer
@@ -169,11 +175,11 @@ def check_param_shapes(cfg: ModelConfig, params, where: str) -> None:
 
 
 def save_model(path: str, cfg: ModelConfig, params, tokenizer_dir: str | None = None,
-               overwrite: bool = False) -> str:
+               overwrite: bool = False, origin: dict | None = None) -> str:
   check_param_shapes(cfg, params, path)
   flat = {_leaf_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
   with model_writer(path, cfg, {n: x.dtype for n, x in flat.items()}, tokenizer_dir,
-                    overwrite) as w:
+                    overwrite, origin) as w:
     for name, x in flat.items():
       w.write(name, np.asarray(x))
   return os.path.abspath(path)
@@ -232,6 +238,26 @@ def load_model(path: str, shardings=None, dtype=None):
   if shardings is None:
     return cfg, jax.tree.map(read, lazy, is_leaf=lambda x: isinstance(x, ts.TensorStore))
   return cfg, jax.tree.map(read, lazy, shardings, is_leaf=lambda x: isinstance(x, ts.TensorStore))
+
+
+def params_fingerprint(params) -> str:
+  """A content hash of a params tree (leaf paths, shapes, dtypes and bytes)."""
+  import hashlib
+  h = hashlib.blake2b(digest_size=16)
+  for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+    x = np.ascontiguousarray(np.asarray(x))
+    h.update(f"{jax.tree_util.keystr(path)}:{x.shape}:{x.dtype}".encode())
+    h.update(memoryview(x).cast("B"))
+  return h.hexdigest()
+
+
+def load_origin(path: str) -> dict | None:
+  """Where a model dir came from (`origin.json`: source path and content hash), if recorded."""
+  p = os.path.join(path, ORIGIN_FILE)
+  if not os.path.exists(p):
+    return None
+  with open(p) as f:
+    return json.load(f)
 
 
 def tokenizer_dir(path: str) -> str | None:

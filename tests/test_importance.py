@@ -143,6 +143,12 @@ def test_scores_are_cached(world, tmp_path, monkeypatch):
   monkeypatch.undo()
   c = importance.cached_scores(path, cfg, params, world["data"], 3, 4)  # other settings
   assert not np.array_equal(a["head"], c["head"])
+  # Same shape and settings, other weights (e.g. a later stage's): the cache misses.
+  other = jax.tree.map(lambda x: np.asarray(x) * 1.5, params)
+  d = importance.cached_scores(path, cfg, other, world["data"], 3, 4)
+  assert not np.array_equal(c["head"], d["head"])
+  e = importance.cached_scores(path, cfg, params, world["data"], 3, 4)
+  np.testing.assert_array_equal(c["head"], e["head"])
 
 
 def test_importance_method_reaches_target_and_exports(world, tmp_path):

@@ -170,7 +170,10 @@ def _pack_domain(name: str, files: list[dict], caches: list[str], out: str, cfg:
   if not keys:
     raise JShearError(f"domain '{name}': expected documents, got none "
                       f"({len(files)} files, {len(skipped)} skipped as unreadable)")
-  is_eval = _eval_mask(name, np.asarray(keys), cfg["eval_fraction"], cfg["eval_docs"])
+  n_eval = cfg["eval_docs"]
+  if isinstance(n_eval, dict):  # per-domain counts
+    n_eval = n_eval.get(name)
+  is_eval = _eval_mask(name, np.asarray(keys), cfg["eval_fraction"], n_eval)
   if is_eval.all():
     raise JShearError(f"domain '{name}': every one of its {len(keys)} documents fell in the eval split; "
                       "lower --eval_fraction")
@@ -254,14 +257,15 @@ def _check_same(path: str, want: dict, got: dict) -> None:
 
 
 def prepare(tokenizer: str, domains: dict[str, str], out: str, seq_len: int = 4096,
-            eval_fraction: float = 0.01, eval_docs: int | None = None, workers: int = 1,
+            eval_fraction: float = 0.01, eval_docs: int | dict | None = None, workers: int = 1,
             seed: int = 0, shard_sequences: int = 2048, progress: bool = True) -> dict:
   """Builds (or finishes) the prepared dataset in `out` and returns its manifest."""
   if seq_len < 2:
     raise JShearError(f"--seq_len: expected >= 2, got {seq_len}")
   if not 0.0 <= eval_fraction < 1.0:
     raise JShearError(f"--eval_fraction: expected in [0, 1), got {eval_fraction}")
-  if eval_docs is not None and eval_docs < 0:
+  counts = eval_docs.values() if isinstance(eval_docs, dict) else [eval_docs]
+  if any(n is not None and n < 0 for n in counts):
     raise JShearError(f"--eval_docs: expected >= 0, got {eval_docs}")
   if not domains:
     raise JShearError("expected at least one --domain NAME=GLOB_OR_DIR, got none")

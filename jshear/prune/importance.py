@@ -192,9 +192,11 @@ def compute_scores(cfg: ModelConfig, params, rows: np.ndarray, batch_size: int,
 def cached_scores(path: str, cfg: ModelConfig, params, data_dir: str, rows_per_domain: int,
                   batch_size: int, mesh=None) -> dict:
   """`compute_scores` on the calibration rows, saved to `path` (npz) and reused from there
-  when it was computed for the same calibration settings and model shape."""
-  meta = {"version": 1, "rows_per_domain": int(rows_per_domain), "data_dir": os.path.abspath(data_dir),
-          "model": json.loads(cfg.replace(remat="none", attention_impl="xla").to_json())}
+  when it was computed for the same calibration settings, model shape and weights."""
+  from jshear.model_io import params_fingerprint
+  meta = {"version": 2, "rows_per_domain": int(rows_per_domain), "data_dir": os.path.abspath(data_dir),
+          "model": json.loads(cfg.replace(remat="none", attention_impl="xla").to_json()),
+          "weights": params_fingerprint(params)}
   if os.path.exists(path):
     with np.load(path) as f:
       old = json.loads(str(f["meta"])) if "meta" in f.files else None

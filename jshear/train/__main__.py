@@ -30,4 +30,5 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flag_as_required("config")
-  app.run(main)
+  from jshear.cli import parse_flags
+  app.run(main, flags_parser=parse_flags)

@@ -128,17 +128,25 @@ def _initial_weights(block, domains) -> dict:
   return {d: float(w[d]) for d in domains}
 
 
+def stage_seed(cfg, name: str) -> int:
+  """Each stage's own seed (state rng and data stream): continued pretraining must not
+  replay the rows the pruning stage trained on."""
+  return cfg.seed * 1000 + {"pretrain": 1, "prune": 2, "continue": 3}.get(name, 4)
+
+
 def state_plan(ctx: Context, name: str, block, model_cfg: ModelConfig, prune: PruneSpec | None,
-               mask_groups=None):
+               mask_groups=None, init_log_alpha=None):
   """(optimizer, initial prune state, make_state, abstract state, state shardings).
-  `mask_groups`: iterative pruning keeps 0/1 masks of these groups in the state."""
+  `mask_groups`: iterative pruning keeps 0/1 masks of these groups in the state.
+  `init_log_alpha`: a callable giving learned masks' starting logits (None: uniform)."""
   cfg = ctx.cfg
   optimizer = build_optimizer(block, block.steps, prune is not None)
   prune_state = None
   if prune is not None:
     prune_state = init_prune_state(model_cfg, prune.target, prune.groups,
-                                   jax.random.key(cfg.seed + 17), prune.constraint)
-  seed = cfg.seed * 1000 + {"pretrain": 1, "prune": 2, "continue": 3}.get(name, 4)
+                                   jax.random.key(cfg.seed + 17), prune.constraint,
+                                   log_alpha=init_log_alpha() if init_log_alpha else None)
+  seed = stage_seed(cfg, name)
   fixed = None
   if mask_groups:
     shapes = mask_shapes(model_cfg)
@@ -183,8 +191,16 @@ def _update_masks(ctx: Context, name: str, schedule, state, step: int, shardings
   return state
 
 
+def _check_streaks(name: str, streaks: list, max_bad: int, step: int) -> None:
+  worst = max((int(shd.to_host(s)) for s in streaks), default=0)
+  if worst >= max_bad:
+    raise JShearError(f"{name}: {worst} non-finite steps in a row by step {step} "
+                      f"(max_bad_steps={max_bad}); lower the lr or check data")
+
+
 def train_stage(ctx: Context, name: str, block, model_cfg: ModelConfig, params_host,
-                prune: PruneSpec | None = None, distill=None, reference=None, schedule=None):
+                prune: PruneSpec | None = None, distill=None, reference=None, schedule=None,
+                init_log_alpha=None):
   """Trains `params_host` (numpy, or None when a checkpoint exists) for `block.steps`.
   `schedule`: a `jshear.prune.iterative.MaskSchedule` whose masks replace the state's
   before the steps where they change (iterative pruning).
@@ -198,19 +214,21 @@ def train_stage(ctx: Context, name: str, block, model_cfg: ModelConfig, params_h
     raise JShearError(f"{name}.batch_size ({block.batch_size}) must divide by the number of "
                       f"processes ({jax.process_count()})")
   compute_dtype = _dtype(cfg.model.compute_dtype)
-  optimizer, prune_state, make_state, abstract, shardings = state_plan(
-      ctx, name, block, model_cfg, prune, schedule.groups if schedule is not None else None)
   ckpt = checkpointer(ctx, name, block)
+  resuming = ckpt.latest_step() is not None
+  optimizer, prune_state, make_state, abstract, shardings = state_plan(
+      ctx, name, block, model_cfg, prune, schedule.groups if schedule is not None else None,
+      None if resuming else init_log_alpha)
 
   sources = domain_sources(ctx.data_dir, "train")
   domains = list(sources)
   loader = MixtureLoader(sources, _initial_weights(block, domains), block.batch_size,
-                         seed=cfg.seed, process_index=jax.process_index(),
+                         seed=stage_seed(cfg, name), process_index=jax.process_index(),
                          process_count=jax.process_count())
   evaluator = DomainEval(ctx, model_cfg, domains, block.batch_size, block.eval_batches,
                          compute_dtype)
   extra = {}
-  if ckpt.latest_step() is not None:
+  if resuming:
     state, extra = ckpt.restore(abstract_like(abstract, shardings))
     loader.set_state(extra["loader"])
     _log.info("%s: resumed at step %d", name, int(shd.to_host(state["step"])))
@@ -231,6 +249,7 @@ def train_stage(ctx: Context, name: str, block, model_cfg: ModelConfig, params_h
       make_train_step(model_cfg, optimizer, grad_accum=block.grad_accum,
                       compute_dtype=compute_dtype,
                       prune_warmup_steps=prune.warmup_steps if prune else 0,
+                      size_control=cfg.prune.size_control if prune else "lagrangian",
                       micro_sharding=lambda nd: jax.sharding.NamedSharding(
                           mesh, jax.sharding.PartitionSpec(None, ("data", "fsdp"),
                                                            *([None] * (nd - 2)))),
@@ -252,7 +271,7 @@ def train_stage(ctx: Context, name: str, block, model_cfg: ModelConfig, params_h
   start = int(shd.to_host(state["step"]))
   bar = tqdm(total=block.steps, initial=start, desc=name, disable=jax.process_index() != 0,
              dynamic_ncols=True, mininterval=2.0)
-  t_last, tok_last, prev = time.time(), 0.0, None
+  t_last, tok_last, streaks = time.time(), 0.0, []
   compile_s = None
   for step in range(start, block.steps):
     want = upsample.upsampled_weights(base_weights, step, block.steps,
@@ -269,14 +288,15 @@ def train_stage(ctx: Context, name: str, block, model_cfg: ModelConfig, params_h
       jax.block_until_ready(metrics["loss"])
       compile_s = time.time() - t0
       t_last, tok_last = time.time(), -float(block.batch_size * cfg.data.seq_len)
-    if prev is not None and int(shd.to_host(prev["bad_streak"])) >= block.max_bad_steps:
-      raise JShearError(f"{name}: {block.max_bad_steps} non-finite steps in a row at step "
-                        f"{step} (max_bad_steps={block.max_bad_steps}); lower the lr or check data")
-    prev = metrics
+    # Non-finite streaks are read back only with the logged metrics (no per-step sync):
+    # the abort comes at the latest one log interval after the streak.
+    streaks.append(metrics["bad_streak"])
     tok_last += float(block.batch_size * cfg.data.seq_len)
     done = step + 1
     bar.update(1)
     if done % block.log_every == 0 or done == block.steps:
+      _check_streaks(name, streaks, block.max_bad_steps, done)
+      streaks = []
       m = jax.tree.map(shd.to_host, metrics)
       dt = max(time.time() - t_last, 1e-9)
       tps = tok_last / dt

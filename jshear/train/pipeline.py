@@ -1,10 +1,15 @@
 """The stages of a run, in order, each resumable; a finished stage leaves WORKDIR/<stage>/DONE.
 
   pretrain  random init -> WORKDIR/pretrained/
-  prune     learned masks on the source -> WORKDIR/prune/checkpoints, WORKDIR/masks/
-  finalize  deterministic masks folded and sliced -> WORKDIR/pruned/ (jshear model dir)
+  prune     a way to choose masks on the source -> WORKDIR/masks/ (+ prune/checkpoints)
+  finalize  the masks folded and sliced -> WORKDIR/pruned/ (jshear model dir + origin.json)
   continue  continued pretraining with dynamic batch loading -> WORKDIR/continued/
   export    the latest model -> WORKDIR/hf/ (a plain Hugging Face directory)
+
+The pipeline resolves the starting model, validates everything before it writes anything,
+then loops over the stage table (jshear/train/stages/) keeping DONE markers, and writes the
+summary. A stage whose config changed since it ran (with --config.overwrite=True) runs again,
+and so does every stage after it.
 """
 
 from __future__ import annotations
@@ -13,30 +18,33 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
-from jshear import distributed, model_io
+from jshear import distributed
 from jshear import sharding as shd
 from jshear.config_base import STAGES
 from jshear.errors import JShearError
 from jshear.metrics import MetricsWriter
 from jshear.model.config import ModelConfig
-from jshear.model.masks import mask_shapes
-from jshear.model.params import count_params, init_params
-from jshear.prune.deterministic import deterministic_masks
-from jshear.prune.finalize import finalize
-from jshear.prune.targets import TargetShape, target_config, validate_target
-from jshear.train.loop import Context, PruneSpec, restore_final_state, train_stage
+from jshear.model.params import count_params
+from jshear.prune.targets import target_config
+from jshear.train.loop import DomainEval
+from jshear.train.stages import STAGE_TABLE
+from jshear.train.stages.choosers import PRUNE_METHODS, prune_spec, trains_in_prune  # noqa: F401
+from jshear.train.stages.common import (Model, RunContext, eval_domains, load_any,
+                                        model_config, resolve_source, write_json_atomic)
+from jshear.train.stages import source as source_mod
 
 _log = logging.getLogger(__name__)
 # Keys that may differ between invocations on one workdir (everything else must match).
 _RESUMABLE_KEYS = ("stages", "overwrite", "init_from")
-# Ways to choose masks; every one ends in the same finalize (fold + slice).
-PRUNE_METHODS = ("learned", "magnitude", "random", "importance", "layerchop", "dimchop")
-_WIDTH_METHODS = ("importance", "magnitude", "random", "none")  # prune.layerchop_width
+# Config blocks that only the named stage (and stages after it) depend on.
+_STAGE_BLOCKS = {"pretrain": ("pretrain",), "prune": ("prune",), "finalize": (),
+                 "continue": ("continued", "distill"), "export": ("export",)}
+_TRAINING = {"pretrain": "pretrain", "prune": "prune", "continue": "continued"}
 
 
 def parse_stages(text) -> list[str]:
@@ -47,50 +55,6 @@ def parse_stages(text) -> list[str]:
   return stages
 
 
-# ---- models in and out ---------------------------------------------------------------
-
-def resolve_source(spec: str) -> str:
-  if spec == "smollm2":
-    from jshear import assets
-    return assets.smollm2_hf_dir()
-  if not spec:
-    raise JShearError("config.model.source is empty: give an HF dir, a jshear model dir or "
-                      "'smollm2' (or set config.init_from)")
-  if not os.path.isdir(spec):
-    raise JShearError(f"config.model.source {spec!r} is not a directory")
-  return spec
-
-
-def load_any(path: str, cfg):
-  """(model_cfg, numpy params, tokenizer dir) from a jshear model dir or an HF dir."""
-  overrides = dict(attention_impl=cfg.model.attention_impl, remat=cfg.model.remat,
-                   scan_layers=cfg.model.scan_layers)
-  if os.path.exists(os.path.join(path, "model_config.json")):
-    mcfg, params = model_io.load_model(path)
-    params = jax.device_get(params)
-    tok = model_io.tokenizer_dir(path)
-  else:
-    from jshear.convert.hf_import import read_hf_params
-    mcfg, params = read_hf_params(path)
-    tok = path
-  return mcfg.replace(**overrides), params, tok
-
-
-def gather_params(params):
-  """Global (possibly multi-host sharded) arrays -> host numpy on every process."""
-  if jax.process_count() == 1:
-    return jax.device_get(params)
-  return multihost_utils.process_allgather(params, tiled=True)
-
-
-def save_dir(path: str, mcfg: ModelConfig, params, tokenizer_dir) -> None:
-  host = gather_params(params)
-  if jax.process_index() == 0:
-    model_io.save_model(path, mcfg.replace(attention_impl="xla", remat="none"), host,
-                        tokenizer_dir=tokenizer_dir, overwrite=True)
-  distributed.barrier(f"save-{os.path.basename(path)}")
-
-
 # ---- data ---------------------------------------------------------------------------
 
 def resolve_data(cfg, tokenizer_dir: str | None) -> str:
@@ -98,7 +62,6 @@ def resolve_data(cfg, tokenizer_dir: str | None) -> str:
   if cfg.data.path:
     path = cfg.data.path
   elif cfg.data.corpus == "local":
-    from jshear.data import corpus
     from jshear import assets
     root = assets.corpus_dir()
     if not tokenizer_dir:
@@ -106,17 +69,19 @@ def resolve_data(cfg, tokenizer_dir: str | None) -> str:
     with open(os.path.join(tokenizer_dir, "tokenizer.json"), "rb") as f:
       tok_hash = hashlib.sha1(f.read()).hexdigest()[:10]
     path = os.path.join(assets.cache_root(), "prepared",
-                        f"local-v1-{tok_hash}-T{cfg.data.seq_len}")
+                        f"local-v2-{tok_hash}-T{cfg.data.seq_len}")
     if not os.path.exists(os.path.join(path, "manifest.json")):
       if jax.process_index() == 0:
         domains = {d: os.path.join(root, d) for d in sorted(os.listdir(root))
                    if os.path.isdir(os.path.join(root, d))}
-        prepare(tokenizer_dir, domains, path, seq_len=cfg.data.seq_len, eval_docs=2,
-                eval_fraction=0.0, workers=2, seed=0)
+        prepare(tokenizer_dir, domains, path, seq_len=cfg.data.seq_len,
+                eval_docs=_local_eval_docs(domains), eval_fraction=0.0, workers=2, seed=0)
       distributed.barrier("prepare-local")
   else:
     raise JShearError("no data: set config.data.path to a prepared dataset "
                       "(python -m jshear.data.prepare) or config.data.corpus='local'")
+  if not os.path.isdir(path):
+    raise JShearError(f"config.data.path {path!r} is not a directory")
   tok = load_tokenizer(tokenizer_dir) if tokenizer_dir else None
   manifest = load_manifest(path, tok)  # refuses a tokenizer mismatch
   if manifest["seq_len"] != cfg.data.seq_len:
@@ -125,7 +90,15 @@ def resolve_data(cfg, tokenizer_dir: str | None) -> str:
   return path
 
 
-# ---- the run ------------------------------------------------------------------------
+def _local_eval_docs(domains: dict) -> dict:
+  """Held-out documents per local domain: 1/8 of its documents, 2 to 24, enough rows for
+  a held-out loss with a standard error below 0.05 nats (v1 held out 2 documents each,
+  which left 3 rows in some domains)."""
+  n = {d: sum(len(f) for _, _, f in os.walk(p)) for d, p in domains.items()}
+  return {d: max(2, min(24, k // 8)) for d, k in n.items()}
+
+
+# ---- the workdir: config, DONE markers ---------------------------------------------------
 
 def _fill_defaults(old: dict, defaults: dict) -> dict:
   """`old` with keys added to the defaults since it was written (so new config fields at
@@ -139,319 +112,105 @@ def _fill_defaults(old: dict, defaults: dict) -> dict:
   return out
 
 
+def _has_progress(workdir: str) -> bool:
+  """Whether any stage finished or saved a checkpoint (a failed start leaves neither)."""
+  for s in STAGES:
+    d = os.path.join(workdir, s)
+    if os.path.exists(os.path.join(d, "DONE")):
+      return True
+    ck = os.path.join(d, "checkpoints")
+    if os.path.isdir(ck) and any(n.isdigit() for n in os.listdir(ck)):
+      return True
+  return False
+
+
 def check_workdir_config(cfg, workdir: str) -> None:
+  """Refuses a workdir that holds a different run's progress (reads only)."""
   from jshear.config_base import base_config
   path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path) or cfg.overwrite or not _has_progress(workdir):
+    return
   mine = json.loads(cfg.to_json_best_effort())
-  if os.path.exists(path):
-    with open(path) as f:
-      old = _fill_defaults(json.load(f), json.loads(base_config().to_json_best_effort()))
-    diff = sorted(k for k in set(old) | set(mine)
-                  if k not in _RESUMABLE_KEYS and old.get(k) != mine.get(k))
-    if diff and not cfg.overwrite:
-      raise JShearError(f"{workdir} holds a different run (config differs in {diff}); use "
-                        "another --workdir or pass --config.overwrite=True")
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-      json.dump(mine, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+  with open(path) as f:
+    old = _fill_defaults(json.load(f), json.loads(base_config().to_json_best_effort()))
+  diff = sorted(k for k in set(old) | set(mine)
+                if k not in _RESUMABLE_KEYS and old.get(k) != mine.get(k))
+  if diff:
+    raise JShearError(f"{workdir} holds a different run (config differs in {diff}); use "
+                      "another --workdir or pass --config.overwrite=True")
 
 
-def prune_spec(cfg, src: ModelConfig) -> PruneSpec:
-  t = cfg.prune.target
-  target = TargetShape(t.num_layers, t.num_heads, t.num_kv_heads or src.num_kv_heads,
-                       t.hidden_size, t.intermediate_size)
-  groups = tuple(g.strip() for g in cfg.prune.groups.split(",") if g.strip())
-  if cfg.prune.method not in PRUNE_METHODS:
-    raise JShearError(f"config.prune.method={cfg.prune.method!r} (known: {list(PRUNE_METHODS)})")
-  validate_target(src, target, groups)
-  if cfg.prune.method == "dimchop":
-    from jshear.prune import iterative
-    iterative.check_dimchop(cfg.prune)
-  if cfg.prune.method == "layerchop":
-    from jshear.prune import layerchop
-    layerchop.dropped_layers(src.num_layers, target.num_layers, cfg.prune.layerchop_layout)
-    width = cfg.prune.layerchop_width
-    if width not in _WIDTH_METHODS:
-      raise JShearError(f"config.prune.layerchop_width={width!r} (known: {list(_WIDTH_METHODS)})")
-    narrower = [f for f in ("num_heads", "num_kv_heads", "hidden_size", "intermediate_size")
-                if getattr(target, f) < getattr(src, f)]
-    if width == "none" and narrower:
-      raise JShearError(f"config.prune.layerchop_width='none' prunes depth only, but the target "
-                        f"is narrower than the source in {narrower}; set layerchop_width to "
-                        f"importance, magnitude or random, or keep those target fields at the "
-                        f"source's values")
-    if cfg.prune.layerchop_every:
-      from jshear.prune import iterative
-      n = len(layerchop.dropped_layers(src.num_layers, target.num_layers,
-                                       cfg.prune.layerchop_layout))
-      iterative.check_layerchop(int(cfg.prune.layerchop_every), int(cfg.prune.steps), n)
-  return PruneSpec(target, groups, cfg.prune.constraint, cfg.prune.target_warmup_steps)
+def _stage_key(cfg, stage: str) -> str:
+  """Hash of the config a stage's result depends on (its own and earlier stages' blocks)."""
+  d = json.loads(cfg.to_json_best_effort())
+  later = STAGES[STAGES.index(stage) + 1:]
+  for k in _RESUMABLE_KEYS + ("final_eval",) + sum((_STAGE_BLOCKS[s] for s in later), ()):
+    d.pop(k, None)
+  return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def trains_in_prune(cfg) -> bool:
-  """Whether the prune stage trains the weights (learned masks and iterative pruning) rather
-  than choosing masks in one shot."""
-  m = cfg.prune.method
-  return m in ("learned", "dimchop") or (m == "layerchop" and bool(cfg.prune.layerchop_every))
+def _marker(workdir, stage, name):
+  path = os.path.join(workdir, stage, name)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
 
 
-def mask_schedule(cfg, mcfg: ModelConfig, params, spec: PruneSpec, *, workdir, data_dir, mesh):
-  """The iterative methods' `MaskSchedule` (dimchop, gradual layerchop)."""
-  from jshear.prune import importance, iterative, layerchop
-  if cfg.prune.method == "dimchop":
-    if not data_dir:
-      raise JShearError("prune.method dimchop needs calibration data (config.data)")
-    rows = importance.calibration_rows(data_dir, cfg.prune.calib_rows)
-    score = importance.make_scorer(mcfg, mesh)
-    return iterative.dimchop_schedule(cfg, mcfg, spec.target, spec.groups,
-                                      lambda p: score(p, rows, cfg.prune.calib_batch))
-  final = one_shot_masks(cfg, mcfg, params, spec, workdir=workdir, data_dir=data_dir, mesh=mesh)
-  dropped = layerchop.dropped_layers(mcfg.num_layers, spec.target.num_layers,
-                                     cfg.prune.layerchop_layout)
-  return iterative.layerchop_schedule(mcfg, spec.target, spec.groups,
-                                      int(cfg.prune.layerchop_every), int(cfg.prune.steps),
-                                      dropped, final)
+def _is_done(cfg, workdir, stage) -> bool:
+  done = _marker(workdir, stage, "DONE")
+  return done is not None and done.get("config", _stage_key(cfg, stage)) == _stage_key(cfg, stage)
 
 
-def _done(workdir, stage):
-  return os.path.exists(os.path.join(workdir, stage, "DONE"))
+def _start_stage(cfg, workdir, stage) -> None:
+  """Clears what an earlier config left of this stage, then records this config's key."""
+  key = _stage_key(cfg, stage)
+  seen = _marker(workdir, stage, "DONE") or _marker(workdir, stage, "STARTED")
+  if seen is not None and seen.get("config", key) != key and jax.process_index() == 0:
+    _log.info("stage %s ran with another config; starting it again", stage)
+    shutil.rmtree(os.path.join(workdir, stage), ignore_errors=True)
+    if stage == "prune":
+      shutil.rmtree(os.path.join(workdir, "masks"), ignore_errors=True)
+  distributed.barrier(f"start-{stage}")
+  write_json_atomic(os.path.join(workdir, stage, "STARTED"), {"config": key})
 
 
-def _mark_done(workdir, stage, info: dict):
-  if jax.process_index() == 0:
-    os.makedirs(os.path.join(workdir, stage), exist_ok=True)
-    with open(os.path.join(workdir, stage, "DONE"), "w") as f:
-      json.dump(info, f, indent=2)
+def _mark_done(cfg, workdir, stage, model: Model):
+  write_json_atomic(os.path.join(workdir, stage, "DONE"), {
+      "config": _stage_key(cfg, stage),
+      "params": count_params(model.params) if model.params is not None else None})
 
 
-def one_shot_masks(cfg, mcfg: ModelConfig, params, spec: PruneSpec, *, workdir=None,
-                   data_dir=None, mesh=None) -> dict:
-  """0/1 masks of a one-shot method. `importance` (and layerchop's widths by importance)
-  scores calibration rows from `data_dir` and caches them in WORKDIR/scores.npz."""
-  from jshear.prune import baselines, layerchop
+# ---- validation (before anything is written) ---------------------------------------------
 
-  def scores_by(method, groups):
-    if not groups:
-      return {}
-    if method == "magnitude":
-      return baselines.magnitude_scores(mcfg, params, groups)
-    if method == "random":
-      return baselines.random_scores(mcfg, groups, cfg.seed)
-    if method == "importance":
-      from jshear.prune import importance
-      if not data_dir:
-        raise JShearError("prune.method importance needs calibration data (config.data)")
-      path = os.path.join(workdir, "scores.npz") if workdir else None
-      if path:
-        s = importance.cached_scores(path, mcfg, params, data_dir, cfg.prune.calib_rows,
-                                     cfg.prune.calib_batch, mesh)
-      else:
-        s = importance.compute_scores(mcfg, params, importance.calibration_rows(
-            data_dir, cfg.prune.calib_rows), cfg.prune.calib_batch, mesh)
-      return {g: s[g] for g in groups}
-    raise AssertionError(method)
-
-  method = cfg.prune.method
-  if method == "layerchop":
-    width = tuple(g for g in spec.groups if g != "layer")
-    wmethod = cfg.prune.layerchop_width
-    scores = {} if wmethod == "none" else scores_by(wmethod, width)
-    if wmethod == "none":  # nothing narrower (checked in prune_spec): keep every unit
-      scores = {g: np.ones(mask_shapes(mcfg)[g], np.float32) for g in width}
-    if "layer" in spec.groups:
-      scores["layer"] = layerchop.layer_scores(mcfg.num_layers, spec.target.num_layers,
-                                               cfg.prune.layerchop_layout)
-  else:
-    scores = scores_by(method, spec.groups)
-  return baselines.masks_from_scores(mcfg, scores, spec.target)
-
-
-def save_mask_artefacts(workdir: str, prune_state, src: ModelConfig, spec: PruneSpec,
-                        masks: dict | None = None) -> dict:
-  """Masks for users to inspect and for finalize: learned `log_alpha`, soft deterministic
-  masks and 0/1 masks (one-shot methods give 0/1 masks directly)."""
-  if prune_state is not None:
-    soft = deterministic_masks(prune_state, src, spec.target)
-    binary = deterministic_masks(prune_state, src, spec.target, binary=True)
-  else:
-    soft = binary = masks
-  if jax.process_index() == 0:
-    d = os.path.join(workdir, "masks")
-    os.makedirs(d, exist_ok=True)
-    if prune_state is not None:
-      np.savez(os.path.join(d, "log_alpha.npz"),
-               **{g: np.asarray(v) for g, v in prune_state.log_alpha.items()})
-    np.savez(os.path.join(d, "masks.npz"), **{g: np.asarray(v) for g, v in soft.items()})
-    np.savez(os.path.join(d, "binary_masks.npz"), **{g: np.asarray(v) for g, v in binary.items()})
-    kept = {g: np.asarray(v).sum(axis=-1).tolist() for g, v in binary.items()}
-    with open(os.path.join(d, "masks.json"), "w") as f:
-      json.dump({"target": spec.target.__dict__, "groups": list(spec.groups), "kept": kept},
-                f, indent=2)
-  distributed.barrier("masks")
-  return soft
-
-
-def run(cfg, workdir: str) -> dict:
-  distributed.initialize(cfg.distributed.coordinator, cfg.distributed.num_processes,
-                         cfg.distributed.process_id)
-  _log.info("topology: %s", distributed.topology())
-  stages = parse_stages(cfg.stages)
-  workdir = os.path.abspath(workdir)
-  mesh = shd.make_mesh(dict(cfg.mesh.ici), dict(cfg.mesh.dcn))
-  _log.info("mesh: %s", shd.describe(mesh))
-  check_workdir_config(cfg, workdir)
-  writer = MetricsWriter(workdir)
-  summary = {"workdir": workdir, "stages": stages}
-  try:
-    with jax.set_mesh(mesh):
-      summary.update(_run_stages(cfg, workdir, stages, mesh, writer))
-  finally:
-    writer.close()
-  return summary
-
-
-def _run_stages(cfg, workdir, stages, mesh, writer) -> dict:
-  out = {}
-  # The model each stage starts from.
+def _start_model(cfg, stages) -> tuple[Model, str | None]:
   if "pretrain" in stages:
     mcfg = ModelConfig(**{k: cfg.model[k] for k in (
         "vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
         "num_kv_heads", "head_dim", "family", "qk_norm", "tie_embeddings", "rope_theta",
         "attention_impl", "remat", "scan_layers")})
-    tok = cfg.model.tokenizer or None
-    params = None
-  else:
-    src_path = cfg.init_from or resolve_source(cfg.model.source)
-    mcfg, params, tok = load_any(src_path, cfg)
-  spec = prune_spec(cfg, mcfg) if "prune" in stages or "finalize" in stages else None
-  data_dir = None
-  if any(s in stages for s in ("pretrain", "prune", "continue")):
-    data_dir = resolve_data(cfg, tok)
-  if cfg.distill.enable and "continue" in stages:
-    _check_distill(cfg, mcfg if spec is None else target_config(mcfg, spec.target),
-                   mcfg if params is not None else None)
-  ctx = Context(cfg=cfg, workdir=workdir, mesh=mesh, writer=writer, data_dir=data_dir)
-  out["source_params"] = count_params(params) if params is not None else None
-  source = (mcfg, params)
+    return Model(mcfg, None, cfg.model.tokenizer or None), None
+  path = cfg.init_from or resolve_source(cfg.model.source)
+  if cfg.init_from and not os.path.isdir(path):
+    raise JShearError(f"config.init_from {path!r} is not a directory")
+  return load_any(path, cfg), path
 
+
+def _validate_training(cfg, mesh, stages, model: Model, spec) -> None:
+  heads = model.cfg.num_heads
   for stage in stages:
-    if _done(workdir, stage):
-      _log.info("stage %s already done; skipping", stage)
-      if stage == "finalize" or stage == "continue" or stage == "pretrain":
-        name = {"finalize": "pruned", "continue": "continued", "pretrain": "pretrained"}[stage]
-        mcfg, params, tok = load_any(os.path.join(workdir, name), cfg)
+    if stage not in _TRAINING:
       continue
-    if stage == "pretrain":
-      params = jax.device_get(init_params(mcfg, jax.random.key(cfg.seed)))
-      state, _ = train_stage(ctx, "pretrain", cfg.pretrain, mcfg, params)
-      save_dir(os.path.join(workdir, "pretrained"), mcfg, state["params"], tok)
-      params = gather_params(state["params"])
-    elif stage == "prune" and cfg.prune.method == "learned":
-      state, _ = train_stage(ctx, "prune", cfg.prune, mcfg, params, spec)
-      save_mask_artefacts(workdir, jax.tree.map(shd.to_host, state["prune"]), mcfg, spec)
-    elif stage == "prune" and trains_in_prune(cfg):
-      schedule = mask_schedule(cfg, mcfg, params, spec, workdir=workdir, data_dir=data_dir,
-                               mesh=mesh)
-      state, _ = train_stage(ctx, "prune", cfg.prune, mcfg, params, schedule=schedule)
-      final = {g: shd.to_host(m) for g, m in state["masks"].items()}
-      save_mask_artefacts(workdir, None, mcfg, spec, final)
-    elif stage == "prune":
-      save_mask_artefacts(workdir, None, mcfg, spec, one_shot_masks(
-          cfg, mcfg, params, spec, workdir=workdir, data_dir=data_dir, mesh=mesh))
-    elif stage == "finalize":
-      masks_path = os.path.join(workdir, "masks", "masks.npz")
-      if not os.path.exists(masks_path):
-        raise JShearError(f"stage finalize needs {masks_path} from a finished prune stage")
-      with np.load(masks_path) as f:
-        masks = {k: f[k] for k in f.files}
-      if trains_in_prune(cfg):  # the weights were trained along with the masks
-        learned = cfg.prune.method == "learned"
-        params = gather_params(restore_final_state(
-            ctx, "prune", cfg.prune, mcfg, spec if learned else None,
-            None if learned else spec.groups)["params"])
-      if mcfg.tie_embeddings and "hidden" in masks:
-        # Keep a tied source tied: hidden channels survive at weight 1 (see finalize.py).
-        masks["hidden"] = (masks["hidden"] != 0).astype(np.float32)
-      mcfg, params = finalize(mcfg, params, masks)
-      params = jax.device_get(params)
-      save_dir(os.path.join(workdir, "pruned"), mcfg, params, tok)
-      out["pruned_params"] = count_params(params)
-    elif stage == "continue":
-      setup = _distill_setup(cfg, workdir, mcfg, source) if cfg.distill.enable else None
-      # Dynamic batch loading compares against the unpruned source, not the pruned start.
-      reference = None
-      if source[1] is not None and source[0] != mcfg:
-        from jshear.train.loop import DomainEval
-        reference = lambda: DomainEval(ctx, source[0], _eval_domains(data_dir),
-                                       cfg.continued.batch_size,
-                                       cfg.continued.eval_batches)(source[1])
-      state, _ = train_stage(ctx, "continue", cfg.continued, mcfg, params, distill=setup,
-                             reference=reference)
-      setup = None
-      save_dir(os.path.join(workdir, "continued"), mcfg, state["params"], tok)
-      params = gather_params(state["params"])
-    elif stage == "export":
-      if jax.process_index() == 0:
-        from jshear.convert.hf_export import export_hf
-        dtype = cfg.export.dtype or None
-        out["hf_dir"] = export_hf(mcfg.replace(attention_impl="xla", remat="none"), params,
-                                  os.path.join(workdir, "hf"), tokenizer_dir=tok, dtype=dtype,
-                                  overwrite=True)
-      distributed.barrier("export")
-    _mark_done(workdir, stage, {"params": count_params(params) if params is not None else None})
-  out["final_params"] = count_params(params) if params is not None else None
-  out["final_config"] = json.loads(mcfg.to_json())
-  if data_dir and cfg.final_eval and params is not None:
-    from jshear.train.loop import DomainEval
-    block = cfg.continued if "continue" in stages else cfg.prune
-    out["eval"] = {}
-    for name, (c, p) in (("source", source), ("final", (mcfg, params))):
-      if p is not None:
-        out["eval"][name] = DomainEval(ctx, c, _eval_domains(data_dir), block.batch_size,
-                                       block.eval_batches)(p)
-  out["tokens_per_s"] = _stage_throughput(writer.path)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(out, f, indent=2)
-  return out
-
-
-def _distill_setup(cfg, workdir: str, student: ModelConfig, source):
-  """Teachers for the continue stage: distill.teachers, "" or "source" = the unpruned source
-  (the model this run started from). The pruning's 0/1 masks, when this run pruned, relate
-  the student's layers and hidden channels to the source's (for hidden-state matching)."""
-  from jshear import distill
-  teachers = []
-  for item in distill.teacher_paths(cfg.distill.teachers):
-    if item == "source":
-      tcfg, tparams = source
-      if tparams is None:
-        raise JShearError("distill.teachers: the source teacher needs a source model "
-                          "(this run pretrains from scratch); name teacher dirs instead")
-      teachers.append(("source", tcfg, tparams, True))
-    else:
-      tcfg, tparams, _ = load_any(resolve_source(item), cfg)
-      teachers.append((item, tcfg, tparams, False))
-  kept_layers = kept_hidden = None
-  path = os.path.join(workdir, "masks", "binary_masks.npz")
-  if os.path.exists(path):
-    with np.load(path) as f:
-      if "layer" in f.files:
-        kept_layers = np.nonzero(f["layer"])[0]
-      if "hidden" in f.files:
-        kept_hidden = np.nonzero(f["hidden"])[0]
-  return distill.build_setup(cfg.distill, student, teachers, steps=cfg.continued.steps,
-                             seed=cfg.seed * 1000 + 5, compute_dtype=_compute_dtype(cfg),
-                             kept_layers=kept_layers, kept_hidden=kept_hidden)
-
-
-def _model_config(path: str) -> ModelConfig:
-  """A jshear or HF model dir's config, without reading weights."""
-  if os.path.exists(os.path.join(path, "model_config.json")):
-    return model_io.load_config(path)
-  return ModelConfig.from_hf_dir(path)
+    if stage == "continue" and spec is not None:
+      heads = spec.target.num_heads
+    block = cfg[_TRAINING[stage]]
+    try:
+      shd.validate_layout(mesh, block.batch_size, block.grad_accum, heads)
+    except JShearError as err:
+      raise JShearError(f"config.{_TRAINING[stage]}: {err}") from None
+    if block.batch_size % jax.process_count():
+      raise JShearError(f"config.{_TRAINING[stage]}.batch_size ({block.batch_size}) must "
+                        f"divide by the number of processes ({jax.process_count()})")
 
 
 def _check_distill(cfg, student: ModelConfig, source: ModelConfig | None) -> None:
@@ -464,18 +223,95 @@ def _check_distill(cfg, student: ModelConfig, source: ModelConfig | None) -> Non
                           "(this run pretrains from scratch); name teacher dirs instead")
       teachers.append(("source", source, True))
     else:
-      teachers.append((item, _model_config(resolve_source(item)), False))
+      teachers.append((item, model_config(resolve_source(item)), False))
   distill.validate_config(cfg.distill, student, teachers, steps=cfg.continued.steps)
 
 
-def _compute_dtype(cfg):
-  name = cfg.model.compute_dtype
-  return None if name in ("", "float32", None) else jax.numpy.dtype(name)
+def prepare(cfg, workdir: str, stages, mesh) -> tuple[RunContext, Model]:
+  """Everything a run needs, validated; nothing is written to the workdir."""
+  model, path = _start_model(cfg, stages)
+  spec = prune_spec(cfg, model.cfg) if "prune" in stages or "finalize" in stages else None
+  _validate_training(cfg, mesh, stages, model, spec)
+  data_dir = None
+  if any(s in stages for s in _TRAINING):
+    data_dir = resolve_data(cfg, model.tokenizer)
+  pruning = spec is not None
+  source = None
+  if model.params is not None and (pruning or model.origin is None):
+    # This model is the unpruned source of whatever the run makes; what it prunes records it.
+    if pruning:
+      model.origin = source_mod.origin_of(path, model, workdir)
+    source = model
+  if cfg.distill.enable and "continue" in stages:
+    student = target_config(model.cfg, spec.target) if pruning else model.cfg
+    src_cfg = source.cfg if source is not None else (
+        model.cfg if model.params is not None else None)
+    _check_distill(cfg, student, src_cfg)
+  check_workdir_config(cfg, workdir)
+  ctx = RunContext(cfg=cfg, workdir=workdir, mesh=mesh, writer=None, data_dir=data_dir,
+                   stages=tuple(stages), spec=spec, source=source)
+  return ctx, model
 
 
-def _eval_domains(data_dir):
-  from jshear.data.prepare import load_manifest
-  return list(load_manifest(data_dir)["domains"])
+# ---- the run ------------------------------------------------------------------------
+
+def run(cfg, workdir: str) -> dict:
+  distributed.initialize(cfg.distributed.coordinator, cfg.distributed.num_processes,
+                         cfg.distributed.process_id)
+  _log.info("topology: %s", distributed.topology())
+  stages = parse_stages(cfg.stages)
+  workdir = os.path.abspath(workdir)
+  mesh = shd.make_mesh(dict(cfg.mesh.ici), dict(cfg.mesh.dcn))
+  _log.info("mesh: %s", shd.describe(mesh))
+  with jax.set_mesh(mesh):
+    ctx, model = prepare(cfg, workdir, stages, mesh)
+    write_json_atomic(os.path.join(workdir, "config.json"), json.loads(cfg.to_json_best_effort()))
+    ctx.writer = MetricsWriter(workdir)
+    try:
+      out = {"workdir": workdir, "stages": stages}
+      out.update(_run_stages(ctx, model))
+    finally:
+      ctx.writer.close()
+  return out
+
+
+def _run_stages(ctx: RunContext, model: Model) -> dict:
+  cfg, workdir = ctx.cfg, ctx.workdir
+  ctx.out["source_params"] = count_params(model.params) if model.params is not None else None
+  for name in ctx.stages:
+    stage = STAGE_TABLE[name]
+    if _is_done(cfg, workdir, name):
+      _log.info("stage %s already done; skipping", name)
+      if stage.OUTPUT:
+        model = load_any(os.path.join(workdir, stage.OUTPUT), cfg)
+      continue
+    _start_stage(cfg, workdir, name)
+    model = stage.run(ctx, model)
+    _mark_done(cfg, workdir, name, model)
+  out = dict(ctx.out)
+  out["final_params"] = count_params(model.params) if model.params is not None else None
+  out["final_config"] = json.loads(model.cfg.to_json())
+  if ctx.data_dir and cfg.final_eval and model.params is not None:
+    out["eval"] = _final_eval(ctx, model)
+  out["tokens_per_s"] = _stage_throughput(ctx.writer.path)
+  write_json_atomic(os.path.join(workdir, "summary.json"), out)
+  return out
+
+
+def _final_eval(ctx: RunContext, model: Model) -> dict:
+  block = ctx.cfg.continued if "continue" in ctx.stages else ctx.cfg.prune
+  source = ctx.source
+  if source is None and model.origin:
+    try:
+      source = source_mod.unpruned_source(ctx, model, ["the final evaluation"])
+    except JShearError as err:
+      _log.warning("no source row in the final evaluation: %s", err)
+  out = {}
+  for name, m in (("source", source), ("final", model)):
+    if m is not None and m.params is not None:
+      out[name] = DomainEval(ctx, m.cfg, eval_domains(ctx.data_dir), block.batch_size,
+                             block.eval_batches)(m.params)
+  return out
 
 
 def _stage_throughput(metrics_path: str) -> dict:

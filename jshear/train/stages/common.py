@@ -1,0 +1,105 @@
+"""What every stage shares: the model handed from stage to stage, the run context, and
+loading / saving model dirs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+from jax.experimental import multihost_utils
+
+from jshear import distributed, model_io
+from jshear.errors import JShearError
+from jshear.model.config import ModelConfig
+from jshear.train.loop import Context, PruneSpec
+
+
+@dataclasses.dataclass
+class Model:
+  """What a stage takes and returns: config, host params (None before pretraining) and the
+  tokenizer dir; `origin` records where an imported model came from (provenance)."""
+  cfg: ModelConfig
+  params: object | None
+  tokenizer: str | None
+  origin: dict | None = None
+
+
+@dataclasses.dataclass
+class RunContext(Context):
+  """Context plus what the pipeline resolved before the first stage."""
+  stages: tuple = ()
+  spec: PruneSpec | None = None      # the pruning target (prune / finalize runs)
+  source: Model | None = None        # the unpruned model this run started from
+  out: dict = dataclasses.field(default_factory=dict)  # summary entries stages add
+
+
+def resolve_source(spec: str) -> str:
+  if spec == "smollm2":
+    from jshear import assets
+    return assets.smollm2_hf_dir()
+  if not spec:
+    raise JShearError("config.model.source is empty: give an HF dir, a jshear model dir or "
+                      "'smollm2' (or set config.init_from)")
+  if not os.path.isdir(spec):
+    raise JShearError(f"config.model.source {spec!r} is not a directory")
+  return spec
+
+
+def load_any(path: str, cfg) -> Model:
+  """A jshear model dir or an HF dir, with the run's attention / remat / scan choices."""
+  overrides = dict(attention_impl=cfg.model.attention_impl, remat=cfg.model.remat,
+                   scan_layers=cfg.model.scan_layers)
+  origin = None
+  if os.path.exists(os.path.join(path, "model_config.json")):
+    mcfg, params = model_io.load_model(path)
+    params = jax.device_get(params)
+    tok = model_io.tokenizer_dir(path)
+    origin = model_io.load_origin(path)
+  else:
+    from jshear.convert.hf_import import read_hf_params
+    mcfg, params = read_hf_params(path)
+    tok = path
+  return Model(mcfg.replace(**overrides), params, tok, origin)
+
+
+def model_config(path: str) -> ModelConfig:
+  """A jshear or HF model dir's config, without reading weights."""
+  if os.path.exists(os.path.join(path, "model_config.json")):
+    return model_io.load_config(path)
+  return ModelConfig.from_hf_dir(path)
+
+
+def gather_params(params):
+  """Global (possibly multi-host sharded) arrays -> host numpy on every process."""
+  if jax.process_count() == 1:
+    return jax.device_get(params)
+  return multihost_utils.process_allgather(params, tiled=True)
+
+
+def save_dir(path: str, model: Model, params, origin: dict | None = None) -> None:
+  host = gather_params(params)
+  if jax.process_index() == 0:
+    model_io.save_model(path, model.cfg.replace(attention_impl="xla", remat="none"), host,
+                        tokenizer_dir=model.tokenizer, overwrite=True, origin=origin)
+  distributed.barrier(f"save-{os.path.basename(path)}")
+
+
+def write_json_atomic(path: str, obj) -> None:
+  """Process 0 writes `obj` to `path` through a temporary file (no half-written file)."""
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+      json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
+def compute_dtype(cfg):
+  name = cfg.model.compute_dtype
+  return None if name in ("", "float32", None) else jax.numpy.dtype(name)
+
+
+def eval_domains(data_dir):
+  from jshear.data.prepare import load_manifest
+  return list(load_manifest(data_dir)["domains"])

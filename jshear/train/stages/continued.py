@@ -1,0 +1,75 @@
+"""continue: continued pretraining with dynamic batch loading -> WORKDIR/continued/.
+
+Distillation's default teacher and dynamic batch loading's reference losses come from the
+unpruned source: the model this run pruned, or the source a pruned model dir records
+(origin.json), never the pruned start itself."""
+
+from __future__ import annotations
+
+import os
+
+from jshear.errors import JShearError
+from jshear.train.loop import DomainEval, train_stage
+from jshear.train.stages.common import (Model, compute_dtype, eval_domains, gather_params,
+                                        save_dir)
+from jshear.train.stages import source as source_mod
+
+OUTPUT = "continued"
+
+
+def needs_source(cfg) -> list[str]:
+  """What the continue stage needs the unpruned source for (empty: nothing)."""
+  from jshear import distill
+  why = []
+  if cfg.distill.enable and "source" in distill.teacher_paths(cfg.distill.teachers):
+    why.append("distillation's default teacher (distill.teachers)")
+  if cfg.continued.reweight_rule != "constant" and not dict(cfg.continued.ref_losses):
+    why.append("dynamic batch loading's reference losses (continued.ref_losses)")
+  return why
+
+
+def run(ctx, model: Model) -> Model:
+  cfg = ctx.cfg
+  src = source_mod.unpruned_source(ctx, model, needs_source(cfg)) if needs_source(cfg) else None
+  setup = _distill_setup(ctx, model, src) if cfg.distill.enable else None
+  reference = None
+  if src is not None and cfg.continued.reweight_rule != "constant":
+    reference = lambda: DomainEval(ctx, src.cfg, eval_domains(ctx.data_dir),
+                                   cfg.continued.batch_size, cfg.continued.eval_batches)(src.params)
+  state, _ = train_stage(ctx, "continue", cfg.continued, model.cfg, model.params, distill=setup,
+                         reference=reference)
+  setup = None
+  save_dir(os.path.join(ctx.workdir, OUTPUT), model, state["params"], model.origin)
+  return Model(model.cfg, gather_params(state["params"]), model.tokenizer, model.origin)
+
+
+def _distill_setup(ctx, student: Model, src: Model | None):
+  """Teachers: distill.teachers, "" or "source" = the unpruned source. The pruning's 0/1
+  masks, when this run pruned, relate the student's layers and hidden channels to the
+  source's (for hidden-state matching)."""
+  import numpy as np
+
+  from jshear import distill
+  from jshear.train.stages.common import load_any, resolve_source
+  cfg = ctx.cfg
+  teachers = []
+  for item in distill.teacher_paths(cfg.distill.teachers):
+    if item == "source":
+      if src is None:
+        raise JShearError("distill.teachers: the source teacher needs a source model "
+                          "(this run pretrains from scratch); name teacher dirs instead")
+      teachers.append(("source", src.cfg, src.params, True))
+    else:
+      t = load_any(resolve_source(item), cfg)
+      teachers.append((item, t.cfg, t.params, False))
+  kept_layers = kept_hidden = None
+  path = os.path.join(ctx.workdir, "masks", "binary_masks.npz")
+  if os.path.exists(path):
+    with np.load(path) as f:
+      if "layer" in f.files:
+        kept_layers = np.nonzero(f["layer"])[0]
+      if "hidden" in f.files:
+        kept_hidden = np.nonzero(f["hidden"])[0]
+  return distill.build_setup(cfg.distill, student.cfg, teachers, steps=cfg.continued.steps,
+                             seed=cfg.seed * 1000 + 5, compute_dtype=compute_dtype(cfg),
+                             kept_layers=kept_layers, kept_hidden=kept_hidden)
