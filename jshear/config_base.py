@@ -7,6 +7,8 @@ pretrain) with the same fields, so stages differ by config, not by code.
 
 from __future__ import annotations
 
+import math
+
 import ml_collections as mlc
 
 STAGES = ("pretrain", "prune", "finalize", "continue", "export")
@@ -103,6 +105,7 @@ def base_config() -> mlc.ConfigDict:
   c.prune.groups = "layer,head,intermediate,hidden"
   c.prune.constraint = "layer_mean"  # layer_mean (reference code) | per_layer | count (paper)
   c.prune.size_control = "lagrangian"  # lagrangian (reference) | projection (exact sizes)
+  c.prune.log_alpha_bounds = (math.log(0.01), math.log(100.0))  # the clamp (reference)
   c.prune.mask_init = "uniform"      # uniform (reference: every gate intact) | importance
   c.prune.mask_init_spread = 9.2     # importance init: nats from the cut to the least important
   c.prune.target_warmup_steps = 640

@@ -342,3 +342,30 @@ def test_state_init_sample_eval():
   assert 0.99 < float(jnp.max(em["layer"])) < 1.0  # soft score sigmoid(4.6 / beta * 0.8)
   with pytest.raises(JShearError, match="constraint"):
     init_prune_state(GQA, tgt, ("kv",), jax.random.PRNGKey(0), "sum")
+
+
+@pytest.mark.parametrize("constraint", ["layer_mean", "count"])
+def test_projection_hits_the_target_size_and_keeps_the_order(constraint):
+  from jshear.prune.lagrangian import target_sparsity
+  from jshear.prune.projection import project
+  from jshear.prune.state import expected_sparsity
+  tgt = TargetShape(3, 6, 2, 12, 8)
+  groups = ("layer", "kv", "intermediate", "hidden")
+  st = init_prune_state(GQA, tgt, groups, jax.random.PRNGKey(0), constraint,
+                        bounds=(-10.0, 10.0))
+  rng = np.random.default_rng(1)
+  st = st.replace(log_alpha={g: jnp.asarray(rng.normal(0, 4, v.shape), jnp.float32)
+                             for g, v in st.log_alpha.items()})
+  for step in (0, 5, 10):
+    want = target_sparsity(st, step, 10)
+    out = jax.jit(project)(st, want)
+    got = expected_sparsity(out)
+    for g in groups:
+      np.testing.assert_allclose(np.asarray(got[g]), np.asarray(want[g]), atol=1e-4)
+      a, b = np.asarray(st.log_alpha[g]), np.asarray(out.ranking()[g])
+      assert np.all(np.asarray(out.log_alpha[g]) >= -10.0)
+      assert np.all(np.asarray(out.log_alpha[g]) <= 10.0)
+      if a.ndim == 2:  # order inside every row survives the shift (and the clamp)
+        assert all(np.array_equal(np.argsort(a[i]), np.argsort(b[i])) for i in range(len(a)))
+      else:
+        assert np.array_equal(np.argsort(a), np.argsort(b))

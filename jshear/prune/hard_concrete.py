@@ -47,11 +47,12 @@ def init_log_alpha(shape, rng: jax.Array, mean: float = 5.0, std: float = 0.01) 
   return mean + std * jax.random.normal(rng, shape, jnp.float32)
 
 
-def clamp_log_alpha(log_alpha):
+def clamp_log_alpha(log_alpha, bounds=(LOG_ALPHA_MIN, LOG_ALPHA_MAX)):
   """Clip log_alpha (an array or a pytree of them) to [ln 0.01, ln 100], the reference's choice.
 
   Use it as a projection *after* each optimizer update (the reference clamps the parameter
   in place before every forward), never inside the differentiated loss: clip has zero
   gradient outside the range (and half a gradient at its edge), which would freeze gates.
   """
-  return jax.tree.map(lambda a: jnp.clip(a, LOG_ALPHA_MIN, LOG_ALPHA_MAX), log_alpha)
+  lo, hi = bounds
+  return jax.tree.map(lambda a: jnp.clip(a, lo, hi), log_alpha)

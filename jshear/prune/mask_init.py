@@ -44,11 +44,12 @@ def _rank_fraction(scores: np.ndarray, dropped: np.ndarray) -> np.ndarray:
   return np.where(dropped, (rank - n_kept + 1) / n_drop, 0.0)
 
 
-def from_scores(src, target: TargetShape, scores: dict, spread: float) -> dict:
-  """{group: log_alpha} from importance scores (higher = more important)."""
+def from_scores(src, target: TargetShape, scores: dict, spread: float,
+                hi: float = hard_concrete.LOG_ALPHA_MAX) -> dict:
+  """{group: log_alpha} from importance scores (higher = more important); kept units at
+  `hi` (the upper clamp bound)."""
   keep = deterministic_masks({g: np.asarray(v, np.float32) for g, v in scores.items()}, src,
                              target, binary=True)
-  hi = hard_concrete.LOG_ALPHA_MAX
   out = {}
   for g, s in scores.items():
     s = np.asarray(s, np.float64)

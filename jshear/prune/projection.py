@@ -27,23 +27,23 @@ def _per_row(state: PruneState, group: str) -> bool:
   return group in ROW_GROUPS and state.constraint in ("layer_mean", "per_layer")
 
 
-def _size(la, shift, axis):
+def _size(la, shift, axis, bounds):
   """Expected kept count of the gates `la + shift` after the clamp."""
-  clamped = jnp.clip(la + shift, hard_concrete.LOG_ALPHA_MIN, hard_concrete.LOG_ALPHA_MAX)
+  clamped = jnp.clip(la + shift, *bounds)
   return jnp.sum(hard_concrete.prob_nonzero(clamped), axis=axis)
 
 
-def _shift_for(la, want, axis):
+def _shift_for(la, want, axis, bounds):
   """The scalar (per row) b with _size(la, b) = want, by bisection (size rises with b)."""
-  span = 2.0 * (hard_concrete.LOG_ALPHA_MAX - hard_concrete.LOG_ALPHA_MIN)
+  span = 2.0 * (bounds[1] - bounds[0])
   shape = jnp.shape(want)
   lo, hi = jnp.full(shape, -span), jnp.full(shape, span)
   expand = (lambda b: b[..., None]) if axis == -1 else (lambda b: b)
 
-  def body(_, bounds):
-    lo, hi = bounds
+  def body(_, bracket):
+    lo, hi = bracket
     mid = 0.5 * (lo + hi)
-    big = _size(la, expand(mid), axis) > want
+    big = _size(la, expand(mid), axis, bounds) > want
     return jnp.where(big, lo, mid), jnp.where(big, mid, hi)
 
   lo, hi = jax.lax.fori_loop(0, _ITERS, body, (lo, hi))
@@ -58,10 +58,10 @@ def project(state: PruneState, target_sparsity: dict) -> PruneState:
   for g, la in state.log_alpha.items():
     n, t = n_src[g], target_sparsity[g]
     if _per_row(state, g):
-      b = _shift_for(la, (1.0 - t) * n, -1)
+      b = _shift_for(la, (1.0 - t) * n, -1, state.bounds)
     elif g in ROW_GROUPS:
-      b = _shift_for(la, (1.0 - t) * n * state.src.num_layers, None)
+      b = _shift_for(la, (1.0 - t) * n * state.src.num_layers, None, state.bounds)
     else:
-      b = _shift_for(la, (1.0 - t) * n, None)
+      b = _shift_for(la, (1.0 - t) * n, None, state.bounds)
     shifted[g] = la + b
   return state.clamped(shifted)

@@ -145,7 +145,8 @@ def state_plan(ctx: Context, name: str, block, model_cfg: ModelConfig, prune: Pr
   if prune is not None:
     prune_state = init_prune_state(model_cfg, prune.target, prune.groups,
                                    jax.random.key(cfg.seed + 17), prune.constraint,
-                                   log_alpha=init_log_alpha() if init_log_alpha else None)
+                                   log_alpha=init_log_alpha() if init_log_alpha else None,
+                                   bounds=tuple(cfg.prune.log_alpha_bounds))
   seed = stage_seed(cfg, name)
   fixed = None
   if mask_groups:

@@ -51,7 +51,8 @@ def _initial_log_alpha(ctx, model):
   if p.mask_init == "uniform":
     return None
   scores = _scores(ctx, model, "importance", ctx.spec.groups)
-  return mask_init.from_scores(model.cfg, ctx.spec.target, scores, p.mask_init_spread)
+  return mask_init.from_scores(model.cfg, ctx.spec.target, scores, p.mask_init_spread,
+                               hi=float(p.log_alpha_bounds[1]))
 
 
 # ---- one-shot and iterative choosers ----------------------------------------------------
