@@ -46,9 +46,9 @@ def parse_methods(text: str) -> list[tuple[str, str, str | None]]:
     if not item:
       continue
     method, _, layout = item.partition(":")
-    if method not in PRUNE_METHODS:
+    if method not in PRUNE_METHODS + ("scratch",):
       raise JShearError(f"compare.methods: unknown method {method!r} (known: {list(PRUNE_METHODS)})")
-    if layout and method != "layerchop":
+    if layout and method != "layerchop":  # noqa: SIM102
       raise JShearError(f"compare.methods: {item!r}: only layerchop takes a ':layout'")
     if layout and layout not in LAYOUTS:
       raise JShearError(f"compare.methods: {item!r}: unknown layout (known: {list(LAYOUTS)})")
@@ -63,14 +63,52 @@ def parse_methods(text: str) -> list[tuple[str, str, str | None]]:
 
 
 def method_config(cfg, method: str, layout: str | None):
-  """The run config of one method: the shared config with its prune.method (and layout)."""
+  """The run config of one method: the shared config with its prune.method (and layout).
+
+  With compare.equal_tokens, a method that does not train while pruning gets the pruning
+  stage's tokens as extra continued-pretraining steps, so every method trains on the same
+  total. `scratch` trains the target shape from random initialisation on that total."""
+  from jshear.train.pipeline import trains_in_prune
   c = mlc.ConfigDict(cfg.to_dict())
+  extra = mlc.ConfigDict(c.compare.to_dict()) if "compare" in c else mlc.ConfigDict()
   if "compare" in c:
     del c["compare"]
+  c.final_eval = True  # the comparison needs every final model's held-out loss
+  if method == "scratch":
+    return _scratch_config(c, extra)
   c.prune.method = method
   if layout:
     c.prune.layerchop_layout = layout
-  c.final_eval = True  # the comparison needs every final model's held-out loss
+  if extra.get("equal_tokens", False) and not trains_in_prune(c):
+    k = c.continued
+    k.steps = int(k.steps) + _extra_steps(c.prune, k)
+  return c
+
+
+def _extra_steps(prune, cont) -> int:
+  """Continued steps holding as many tokens as the pruning stage's (same seq_len)."""
+  return int(round(int(prune.steps) * int(prune.batch_size) / int(cont.batch_size)))
+
+
+def _scratch_config(c, extra):
+  """The target shape from random init, pretrained on the pruning + continued tokens."""
+  from jshear.prune.targets import TargetShape, target_config
+  from jshear.train.stages.common import model_config, resolve_source
+  tok = c.init_from or resolve_source(c.model.source)
+  src = model_config(tok)
+  t = c.prune.target
+  tgt = target_config(src, TargetShape(t.num_layers, t.num_heads, t.num_kv_heads or
+                                       src.num_kv_heads, t.hidden_size, t.intermediate_size))
+  for k in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+            "num_kv_heads", "head_dim", "family", "qk_norm", "tie_embeddings", "rope_theta"):
+    c.model[k] = getattr(tgt, k)
+  from jshear.model_io import tokenizer_dir
+  c.model.tokenizer = tokenizer_dir(tok) or tok
+  c.stages = "pretrain,export" if "export" in c.stages else "pretrain"
+  c.pretrain = mlc.ConfigDict(c.continued.to_dict())
+  c.pretrain.steps = int(c.continued.steps) + _extra_steps(c.prune, c.continued)
+  c.pretrain.lr = float(extra.get("scratch_lr", c.continued.lr))
+  c.pretrain.reweight_rule = "constant"
   return c
 
 
@@ -135,6 +173,35 @@ def zero_shot(model_dir: str, cache_path: str, task_names: str, limit: int) -> d
   return acc
 
 
+def heldout(cfg, model_dir: str, cache_path: str, rows: int) -> dict:
+  """Held-out loss with its standard error (`jshear.eval.heldout`) of a model dir, cached."""
+  key = {"model": os.path.abspath(model_dir), "rows": rows,
+         "mtime": os.path.getmtime(os.path.join(model_dir, "model_config.json"))}
+  if os.path.exists(cache_path):
+    with open(cache_path) as f:
+      old = json.load(f)
+    if old.get("key") == key:
+      return old["heldout"]
+  import jax
+
+  from jshear import sharding as shd
+  from jshear.eval.heldout import heldout_losses
+  from jshear.train.loop import Context
+  from jshear.train.pipeline import resolve_data
+  from jshear.train.stages.common import load_any
+  m = load_any(model_dir, cfg)
+  mesh = shd.make_mesh(dict(cfg.mesh.ici), dict(cfg.mesh.dcn))
+  with jax.set_mesh(mesh):
+    ctx = Context(cfg=cfg, workdir="", mesh=mesh, writer=None,
+                  data_dir=resolve_data(cfg, m.tokenizer))
+    res = heldout_losses(ctx, m.cfg, m.params, None, rows)
+  if jax.process_index() == 0:
+    with open(cache_path + ".tmp", "w") as f:
+      json.dump({"key": key, "heldout": res}, f, indent=2)
+    os.replace(cache_path + ".tmp", cache_path)
+  return res
+
+
 def _mean(losses: dict) -> float | None:
   vals = [v for v in losses.values() if v == v]  # drop NaN (a domain without eval rows)
   return sum(vals) / len(vals) if vals else None
@@ -154,8 +221,11 @@ def collect(cfg, methods, summaries: dict, configs: dict) -> dict:
       out["source"] = {"params": s.get("source_params"), "eval": ev["source"],
                        "mean_loss": _mean(ev["source"])}
     fc = s.get("final_config") or {}
+    mine = parse_stages(configs[name].stages)
     prune_tokens = (_tokens(cfg.prune, seq)
-                    if trains_in_prune(configs[name]) and "prune" in stages else 0)
+                    if "prune" in mine and trains_in_prune(configs[name]) else 0)
+    block = configs[name].pretrain if "pretrain" in mine else configs[name].continued
+    cont_tokens = _tokens(block, seq) if ("continue" in mine or "pretrain" in mine) else 0
     out["methods"][name] = {
         "method": method, "layout": layout if method == "layerchop" else None,
         "params": s.get("final_params"),
@@ -163,7 +233,9 @@ def collect(cfg, methods, summaries: dict, configs: dict) -> dict:
                                          "hidden_size", "intermediate_size")},
         "eval": final, "mean_loss": _mean(final), "wall_s": s.get("wall_s"),
         "prune_tokens": prune_tokens,
-        "continue_tokens": out["continue_tokens"],
+        "continue_tokens": cont_tokens,
+        "total_tokens": prune_tokens + cont_tokens,
+        "heldout": s.get("heldout"),
         "tokens_per_s": s.get("tokens_per_s"), "hf_dir": s.get("hf_dir"),
         "workdir": s.get("workdir"), "zero_shot": s.get("zero_shot")}
   return out
@@ -171,6 +243,10 @@ def collect(cfg, methods, summaries: dict, configs: dict) -> dict:
 
 def _fmt(x, spec):
   return "-" if x is None else format(x, spec)
+
+
+def _heldout_cell(h) -> str:
+  return "-" if not h else f"{h['mean']:.3f} ± {h['se']:.3f}"
 
 
 def to_markdown(res: dict) -> str:
@@ -188,21 +264,26 @@ def to_markdown(res: dict) -> str:
            f"{t.get('intermediate_size')}. Continued pretraining: {res['continue_tokens']:,} "
            "tokens per method.", "",
            "| method | params | " + " | ".join(f"{d} loss" for d in domains) +
-           " | mean loss |" + "".join(f" {c} |" for c in zcols) + " prune tokens | wall s |",
-           "|---|---:|" + "---:|" * (len(domains) + len(zcols)) + "---:|---:|---:|"]
+           " | mean loss | held-out ± s.e. |" + "".join(f" {c} |" for c in zcols) +
+           " prune tokens | total tokens | wall s |",
+           "|---|---:|" + "---:|" * (len(domains) + len(zcols)) + "---:|---:|---:|---:|---:|"]
   src = res.get("source")
   if src:
     lines.append(f"| source | {_fmt(src['params'], ',')} | " +
                  " | ".join(_fmt(src["eval"].get(d), ".3f") for d in domains) +
-                 f" | {_fmt(src['mean_loss'], '.3f')} |" + zcell(src.get("zero_shot")) + " - | - |")
+                 f" | {_fmt(src['mean_loss'], '.3f')} | - |" + zcell(src.get("zero_shot")) +
+                 " - | - | - |")
   for name, r in sorted(rows, key=lambda kv: (kv[1]["mean_loss"] is None,
                                               kv[1]["mean_loss"] or 0.0)):
     lines.append(f"| {name} | {_fmt(r['params'], ',')} | " +
                  " | ".join(_fmt(r["eval"].get(d), ".3f") for d in domains) +
-                 f" | {_fmt(r['mean_loss'], '.3f')} |" + zcell(r.get("zero_shot")) +
-                 f" {r['prune_tokens']:,} | {_fmt(r['wall_s'], '.0f')} |")
+                 f" | {_fmt(r['mean_loss'], '.3f')} | {_heldout_cell(r.get('heldout'))} |" +
+                 zcell(r.get("zero_shot")) +
+                 f" {r['prune_tokens']:,} | {r.get('total_tokens', 0):,} | "
+                 f"{_fmt(r['wall_s'], '.0f')} |")
   lines += ["", "Loss: mean next-token loss on each domain's held-out rows (nats). Rows "
-            "sorted by mean loss."]
+            "sorted by mean loss. Held-out ± s.e.: the mean over domains of up to "
+            "compare.heldout_rows rows each, with its standard error over rows."]
   if zs:
     lines += [f"Zero-shot: accuracy on the first {res.get('zeroshot_limit') or 'all'} documents "
               "of each task (acc_norm for piqa, hellaswag, openbookqa, arc_challenge; acc "
@@ -263,8 +344,9 @@ def _source_config(cfg):
 
 def _validate(configs: dict) -> None:
   from jshear.train.pipeline import parse_stages, prune_spec
-  src = _source_config(next(iter(configs.values())))
-  for c in configs.values():
+  pruning = [c for c in configs.values() if "pretrain" not in parse_stages(c.stages)]
+  src = _source_config(pruning[0]) if pruning else None
+  for c in pruning:
     stages = parse_stages(c.stages)
     if src is not None and ("prune" in stages or "finalize" in stages):
       prune_spec(c, src)
@@ -284,9 +366,12 @@ def compare(cfg, workdir: str) -> dict:
   if tasks_spec:
     from jshear.eval import tasks as eval_tasks
     eval_tasks.parse_task_names(tasks_spec)  # bad names fail before any run
+  rows = int(cfg.compare.get("heldout_rows", 64)) if "compare" in cfg else 64
   for name, _, _ in methods:
     _log.info("compare: running %s", name)
     summaries[name] = run_one(configs[name], os.path.join(workdir, name))
+    summaries[name]["heldout"] = heldout(configs[name], _final_model_dir(
+        os.path.join(workdir, name)), os.path.join(workdir, name, "heldout.json"), rows)
     if tasks_spec:
       final = summaries[name].get("hf_dir") or _final_model_dir(summaries[name]["workdir"])
       summaries[name]["zero_shot"] = zero_shot(

@@ -3,6 +3,7 @@ would look at, exact resume after kill -9, and config errors before any compile.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -176,3 +177,66 @@ def test_pretrain_parallel_family_from_scratch(world, tmp_path):
   assert len(losses) == 8 and losses[-1] < losses[0] - 0.3
   hf = transformers.AutoModelForCausalLM.from_pretrained(summary["hf_dir"])
   assert type(hf).__name__ == "CohereForCausalLM" and hf.config.use_qk_norm
+
+
+def _listing(root):
+  out = {}
+  for d, _, files in os.walk(root):
+    for f in files:
+      p = os.path.join(d, f)
+      out[os.path.relpath(p, root)] = os.stat(p).st_mtime_ns
+  return out
+
+
+def test_refused_run_writes_nothing_and_the_corrected_command_runs_there(world, finished,
+                                                                          tmp_path):
+  cfg_path = tmp_path / "cfg.py"
+  cfg_path.write_text(_CONFIG_FILE.format(tests=os.path.join(REPO, "tests"), hf=world["hf"],
+                                          data=world["data"]).replace("12, 2, 4", "2, 2, 2"))
+  env = dict(os.environ, PYTHONPATH=REPO)
+  w = str(tmp_path / "w")
+  for bad in ("--config.prune.target.num_layers=99", "--config.prune.batch_size=6",
+              "--config.prune.stepz=3"):
+    r = subprocess.run(_train_cmd(cfg_path, w) + [bad], cwd=REPO, env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and not os.path.exists(w), (bad, r.stderr)
+  r = subprocess.run(_train_cmd(cfg_path, w), cwd=REPO, env=env, capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert os.path.exists(os.path.join(w, "prune", "DONE"))
+  # A finished workdir: a refused command changes nothing in it.
+  workdir, _ = finished
+  before = _listing(workdir)
+  cfg = tiny_world.config(world)
+  cfg.prune.target.update(num_layers=99)
+  with pytest.raises(JShearError, match="exceeds the source"):
+    run(cfg, workdir)
+  assert _listing(workdir) == before
+
+
+def test_a_failed_start_does_not_block_the_next_attempt(world, tmp_path):
+  w = tmp_path / "w"
+  w.mkdir()
+  other = tiny_world.config(world)
+  other.prune.lr = 7e-4
+  (w / "config.json").write_text(other.to_json_best_effort())  # a start that died early
+  cfg = tiny_world.config(world)
+  cfg.stages, cfg.prune.method, cfg.final_eval = "prune", "magnitude", False
+  run(cfg, str(w))
+  assert json.loads((w / "config.json").read_text())["prune"]["lr"] == cfg.prune.lr
+
+
+def test_non_finite_steps_abort_within_one_log_interval(world, tmp_path):
+  cfg = tiny_world.config(world)
+  cfg.stages, cfg.final_eval = "continue", False
+  k = cfg.continued
+  k.steps, k.lr, k.warmup_steps, k.log_every, k.eval_every, k.ckpt_every = 40, 1e30, 0, 5, 0, 40
+  k.reweight_rule, k.max_bad_steps, k.clip_norm = "constant", 3, 0.0
+  with pytest.raises(JShearError, match=r"non-finite steps in a row") as err:
+    run(cfg, str(tmp_path / "w"))
+  # lr 1e30 breaks the weights at the first update, so steps 2, 3, 4 are the first 3 bad
+  # ones; the abort comes at the log step that ends that interval (5), not per step.
+  streak, step = map(int, re.search(r"(\d+) non-finite steps in a row by step (\d+)",
+                                    str(err.value)).groups())
+  assert streak >= 3 and step == 5

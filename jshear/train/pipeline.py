@@ -268,8 +268,7 @@ def run(cfg, workdir: str) -> dict:
     write_json_atomic(os.path.join(workdir, "config.json"), json.loads(cfg.to_json_best_effort()))
     ctx.writer = MetricsWriter(workdir)
     try:
-      out = {"workdir": workdir, "stages": stages}
-      out.update(_run_stages(ctx, model))
+      out = _run_stages(ctx, model)
     finally:
       ctx.writer.close()
   return out
@@ -288,7 +287,7 @@ def _run_stages(ctx: RunContext, model: Model) -> dict:
     _start_stage(cfg, workdir, name)
     model = stage.run(ctx, model)
     _mark_done(cfg, workdir, name, model)
-  out = dict(ctx.out)
+  out = {"workdir": workdir, "stages": list(ctx.stages), **ctx.out}
   out["final_params"] = count_params(model.params) if model.params is not None else None
   out["final_config"] = json.loads(model.cfg.to_json())
   if ctx.data_dir and cfg.final_eval and model.params is not None:

@@ -1,0 +1,49 @@
+"""Held-out loss with a standard error: the figure method comparisons are judged by.
+
+Each domain's loss is the mean over its held-out rows (token-weighted within a row); the
+overall figure is the mean over domains, and its standard error combines the domains' row
+standard errors: se = sqrt(sum_d se_d^2) / K.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+
+from jshear import sharding as shd
+from jshear.data.mixture import domain_sources
+from jshear.data.shards import positions_from_segments
+from jshear.train.step import make_eval_step
+
+
+def heldout_losses(ctx, model_cfg, params, masks=None, rows: int = 64,
+                   batch_size: int = 8) -> dict:
+  """{"mean", "se", "domains": {d: {"loss", "se", "rows"}}} over up to `rows` rows a domain."""
+  sources = domain_sources(ctx.data_dir, "eval")
+  fn = jax.jit(make_eval_step(model_cfg), out_shardings=shd.replicated(ctx.mesh))
+  domains = {}
+  for d in sorted(sources):
+    src = sources[d]
+    n = min(len(src), rows)
+    if n == 0:
+      continue
+    data = np.stack([np.asarray(src[i]) for i in range(n)])
+    pad = (-n) % batch_size
+    tok = np.concatenate([data[:, 0], np.zeros((pad, data.shape[-1]), data.dtype)])
+    seg = np.concatenate([data[:, 1], np.zeros((pad, data.shape[-1]), data.dtype)])
+    losses = []
+    for s in range(0, len(tok), batch_size):
+      b = {"tokens": tok[s:s + batch_size], "segment_ids": seg[s:s + batch_size],
+           "positions": positions_from_segments(seg[s:s + batch_size])}
+      nll, cnt = fn(params, masks, shd.host_local_batch_to_global(b, ctx.mesh))
+      nll, cnt = shd.to_host(nll), shd.to_host(cnt)
+      losses += [float(a / c) for a, c in zip(nll, cnt) if c > 0]
+    losses = np.asarray(losses[:n])
+    se = float(np.std(losses, ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    domains[d] = {"loss": float(losses.mean()), "se": se, "rows": int(n)}
+  k = len(domains)
+  mean = float(np.mean([v["loss"] for v in domains.values()]))
+  se = float(math.sqrt(sum(v["se"] ** 2 for v in domains.values() if v["se"] == v["se"])) / k)
+  return {"mean": mean, "se": se, "domains": domains}
