@@ -107,7 +107,8 @@ def base_config() -> mlc.ConfigDict:
   c.prune.size_control = "lagrangian"  # lagrangian (reference) | projection (exact sizes)
   c.prune.log_alpha_bounds = (math.log(0.01), math.log(100.0))  # the clamp (reference)
   c.prune.mask_init = "uniform"      # uniform (reference: every gate intact) | importance
-  c.prune.mask_init_spread = 9.2     # importance init: nats from the cut to the least important
+  c.prune.mask_init_spread = 6.0     # importance init: dropped units start up to this far
+                                     # above the lower bound (see jshear/prune/mask_init.py)
   c.prune.target_warmup_steps = 640
   c.prune.target = mlc.ConfigDict({"num_layers": 0, "num_heads": 0, "num_kv_heads": 0,
                                    "hidden_size": 0, "intermediate_size": 0})

@@ -369,3 +369,26 @@ def test_projection_hits_the_target_size_and_keeps_the_order(constraint):
         assert all(np.array_equal(np.argsort(a[i]), np.argsort(b[i])) for i in range(len(a)))
       else:
         assert np.array_equal(np.argsort(a), np.argsort(b))
+
+
+def test_importance_init_keeps_the_scored_units_and_orders_the_rest():
+  from jshear.prune.mask_init import from_scores
+  tgt = TargetShape(3, 6, 2, 12, 8)
+  rng = np.random.default_rng(0)
+  shapes = {"layer": (5,), "kv": (5, 3), "intermediate": (5, 10), "hidden": (18,)}
+  scores = {g: rng.random(s) for g, s in shapes.items()}
+  la = from_scores(GQA, tgt, scores, 6.0, (-10.0, 10.0))
+  keep = deterministic_masks({g: jnp.asarray(v, jnp.float32) for g, v in scores.items()},
+                             GQA, tgt, binary=True)
+  for g, s in scores.items():
+    a, k = np.asarray(la[g]), np.asarray(keep[g]) > 0
+    assert np.all(a[k] == 10.0)
+    assert np.all((a[~k] >= -10.0) & (a[~k] <= -4.0))
+    rows = (a, s, k) if a.ndim == 2 else (a[None], s[None], k[None])
+    for ar, sr, kr in zip(*rows):  # dropped units: higher score, higher start
+      d = ~kr
+      assert np.all(np.diff(ar[d][np.argsort(-sr[d])]) < 0)
+  # The deterministic masks of the start are exactly the importance masks.
+  start = deterministic_masks({g: jnp.asarray(v) for g, v in la.items()}, GQA, tgt, binary=True)
+  for g in scores:
+    np.testing.assert_array_equal(np.asarray(start[g]), np.asarray(keep[g]))

@@ -250,6 +250,11 @@ def prepare(cfg, workdir: str, stages, mesh) -> tuple[RunContext, Model]:
   check_workdir_config(cfg, workdir)
   ctx = RunContext(cfg=cfg, workdir=workdir, mesh=mesh, writer=None, data_dir=data_dir,
                    stages=tuple(stages), spec=spec, source=source)
+  if "continue" in stages and source is None and model.params is not None:
+    from jshear.train.stages.continued import needs_source
+    why = needs_source(cfg)
+    if why:  # a pruned start: its recorded source must be there (and unchanged)
+      source_mod.unpruned_source(ctx, model, why)
   return ctx, model
 
 

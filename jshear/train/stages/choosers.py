@@ -52,7 +52,7 @@ def _initial_log_alpha(ctx, model):
     return None
   scores = _scores(ctx, model, "importance", ctx.spec.groups)
   return mask_init.from_scores(model.cfg, ctx.spec.target, scores, p.mask_init_spread,
-                               hi=float(p.log_alpha_bounds[1]))
+                               tuple(float(b) for b in p.log_alpha_bounds))
 
 
 # ---- one-shot and iterative choosers ----------------------------------------------------
