@@ -2,8 +2,9 @@
 heads, hidden 384, intermediate 1024) by learned masks, DimCHOP (iterative
 importance pruning while training), one-shot activation importance, LayerCHOP (depth by
 layout, widths by importance), weight magnitude and random masks, each followed by the same
-small continued-pretraining budget on the local corpus; zero-shot accuracy on the first 100
-documents of PIQA, ARC-Easy and SciQ.
+small budget on the local corpus (equal total tokens: pruning plus continued), and a
+from-scratch row; held-out loss with its standard error and zero-shot accuracy on the
+first 100 documents of PIQA, ARC-Easy and SciQ.
 
   python -m jshear.compare --config=configs/compare_demo.py --workdir=runs/compare
   python -m jshear.compare --config=configs/compare_demo.py --workdir=runs/layouts \
@@ -21,19 +22,22 @@ from configs import demo
 def get_config():
   c = demo.get_config()
   c.stages = "prune,finalize,continue,export"
-  c.compare = mlc.ConfigDict({"methods": "learned,dimchop,importance,layerchop,magnitude,random",
-                              "zeroshot_tasks": "piqa,arc_easy,sciq", "zeroshot_limit": 100})
+  # equal_tokens: one-shot methods get the pruning stage's tokens as extra continued steps,
+  # so every row trains on the same total; scratch trains the target shape from random init
+  # on that total.
+  c.compare = mlc.ConfigDict({"methods": "learned,importance,scratch,dimchop,layerchop,"
+                                         "magnitude,random",
+                              "zeroshot_tasks": "piqa,arc_easy,sciq", "zeroshot_limit": 100,
+                              "equal_tokens": True, "scratch_lr": 1e-3, "heldout_rows": 64})
 
-  p = c.prune                     # learned and dimchop train; one-shot methods skip it
-  p.steps, p.batch_size, p.warmup_steps, p.target_warmup_steps = 30, 4, 3, 10
-  p.calib_rows = 16               # importance: 16 rows per domain
-  p.calib_batch = 4
+  p = c.prune                     # learned (demo recipe) and dimchop train; one-shot skip it
+  p.steps, p.batch_size, p.warmup_steps = 30, 4, 3
   p.layerchop_layout = "max_gap"
   p.layerchop_width = "importance"
   # dimchop: the defaults re-score every 10 steps (steps 0, 10, 20), target reached at 20.
 
   k = c.continued                 # the same budget for every method
-  k.steps, k.batch_size, k.lr, k.warmup_steps = 50, 4, 3e-4, 5
+  k.steps, k.batch_size, k.lr, k.warmup_steps = 40, 4, 3e-4, 4
   k.log_every, k.eval_every, k.eval_batches, k.ckpt_every = 5, 0, 2, 50
   k.reweight_rule = "constant"    # same data mixture for every method
   return c

@@ -101,8 +101,31 @@ def test_demo_config_is_valid():
   from configs import compare_demo
   cfg = compare_demo.get_config()
   names = [n for n, _, _ in compare.parse_methods(cfg.compare.methods)]
-  assert names == ["learned", "dimchop", "importance", "layerchop", "magnitude", "random"]
+  assert names == ["learned", "importance", "scratch", "dimchop", "layerchop", "magnitude",
+                   "random"]
   from jshear.eval import tasks
   tasks.parse_task_names(cfg.compare.zeroshot_tasks)
   c = compare.method_config(cfg, "layerchop", "both")
   assert "compare" not in c and c.prune.layerchop_layout == "both" and c.final_eval
+  # Equal total tokens: one-shot methods continue for the pruning steps too; learned
+  # masks (which train while pruning) keep the shared continued budget.
+  k, p = cfg.continued, cfg.prune
+  learned, imp = compare.method_config(cfg, "learned", None), compare.method_config(
+      cfg, "importance", None)
+  assert learned.continued.steps == k.steps
+  assert imp.continued.steps * k.batch_size == k.steps * k.batch_size + p.steps * p.batch_size
+
+
+def test_scratch_row_trains_the_target_shape_on_the_same_tokens(world):
+  cfg = tiny_world.config(world)
+  cfg.compare = {"methods": "scratch", "equal_tokens": True, "scratch_lr": 2e-3}
+  c = compare.method_config(cfg, "scratch", None)
+  t = cfg.prune.target
+  assert c.stages == "pretrain" or c.stages.startswith("pretrain")
+  assert (c.model.num_layers, c.model.num_heads, c.model.num_kv_heads, c.model.hidden_size,
+          c.model.intermediate_size) == (t.num_layers, t.num_heads, t.num_kv_heads,
+                                         t.hidden_size, t.intermediate_size)
+  assert c.pretrain.lr == 2e-3
+  tokens = c.pretrain.steps * c.pretrain.batch_size
+  assert tokens == (cfg.continued.steps * cfg.continued.batch_size +
+                    cfg.prune.steps * cfg.prune.batch_size)
