@@ -215,15 +215,10 @@ def _validate_training(cfg, mesh, stages, model: Model, spec) -> None:
 
 def _check_distill(cfg, student: ModelConfig, source: ModelConfig | None) -> None:
   from jshear import distill
-  teachers = []
-  for item in distill.teacher_paths(cfg.distill.teachers):
-    if item == "source":
-      if source is None:
-        raise JShearError("distill.teachers: the source teacher needs a source model "
-                          "(this run pretrains from scratch); name teacher dirs instead")
-      teachers.append(("source", source, True))
-    else:
-      teachers.append((item, model_config(resolve_source(item)), False))
+  from jshear.train.stages.continued import teacher_items
+  teachers = [("source", source, True) if item == "source" else
+              (item, model_config(resolve_source(item)), False)
+              for item in teacher_items(cfg, source is not None)]
   distill.validate_config(cfg.distill, student, teachers, steps=cfg.continued.steps)
 
 

@@ -28,6 +28,17 @@ def needs_source(cfg) -> list[str]:
   return why
 
 
+def teacher_items(cfg, has_source: bool) -> list[str]:
+  """distill.teachers as a list ("source" = the unpruned source), refusing "source" when
+  the run has none."""
+  from jshear import distill
+  items = distill.teacher_paths(cfg.distill.teachers)
+  if "source" in items and not has_source:
+    raise JShearError("distill.teachers: the source teacher needs a source model "
+                      "(this run pretrains from scratch); name teacher dirs instead")
+  return items
+
+
 def run(ctx, model: Model) -> Model:
   cfg = ctx.cfg
   src = source_mod.unpruned_source(ctx, model, needs_source(cfg)) if needs_source(cfg) else None
@@ -53,11 +64,8 @@ def _distill_setup(ctx, student: Model, src: Model | None):
   from jshear.train.stages.common import load_any, resolve_source
   cfg = ctx.cfg
   teachers = []
-  for item in distill.teacher_paths(cfg.distill.teachers):
+  for item in teacher_items(cfg, src is not None):
     if item == "source":
-      if src is None:
-        raise JShearError("distill.teachers: the source teacher needs a source model "
-                          "(this run pretrains from scratch); name teacher dirs instead")
       teachers.append(("source", src.cfg, src.params, True))
     else:
       t = load_any(resolve_source(item), cfg)
