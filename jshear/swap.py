@@ -8,7 +8,6 @@ run's pruning-stage weights), with standard errors over rows.
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 from jshear import hostmem
@@ -28,7 +27,6 @@ _ROWS = flags.DEFINE_integer("rows", 64, "Held-out rows per domain.")
 
 def swap(cfg, learned: str, oneshot: str, rows: int) -> dict:
   import jax
-  import numpy as np
 
   from jshear import sharding as shd
   from jshear.eval.heldout import heldout_losses
