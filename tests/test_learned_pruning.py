@@ -188,3 +188,17 @@ def test_a_new_method_in_a_finished_workdir_chooses_new_masks(world, tmp_path):
   assert not np.array_equal(old, new)
   with open(os.path.join(workdir, "config.json")) as f:
     assert json.load(f)["prune"]["method"] == "random"
+
+
+def test_swap_evaluates_both_masks_on_both_weights(world, learned, tmp_path):
+  from jshear.swap import swap
+  cfg = _learned_config(world, steps=2)
+  cfg.prune.method, cfg.final_eval = "random", False
+  run(cfg, str(tmp_path / "oneshot"))
+  workdir, _ = learned
+  res = swap(_learned_config(world), workdir, str(tmp_path / "oneshot"), rows=4)
+  assert len(res) == 4 and all(v["se"] > 0 for v in res.values())
+  # Other masks, other weights: the four cells differ; random masks lose on both weights.
+  assert len({round(v["mean"], 6) for v in res.values()}) == 4
+  for w in ("source weights", "pruning-stage weights"):
+    assert res[f"learned masks / {w}"]["mean"] < res[f"one-shot masks / {w}"]["mean"]
