@@ -111,13 +111,15 @@ def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, *
     metrics.update(jax.tree.map(jnp.mean, extra_m))
     loss = metrics["lm_loss"]
     if "prune" in trainable:
-      (penalty, diag), g_pen = jax.value_and_grad(
-          lambda p: lagrangian(p, step, prune_warmup_steps), has_aux=True)(trainable["prune"])
-      metrics.update(diag)
       if size_control == "lagrangian":
+        (penalty, diag), g_pen = jax.value_and_grad(
+            lambda p: lagrangian(p, step, prune_warmup_steps), has_aux=True)(trainable["prune"])
         grads["prune"] = jax.tree.map(jnp.add, grads["prune"], g_pen)
         loss = loss + penalty
         metrics["lagrangian"] = penalty
+      else:  # projection: the diagnostics only, no penalty gradient to compute
+        _, diag = lagrangian(trainable["prune"], step, prune_warmup_steps)
+      metrics.update(diag)
 
     grad_norm = optax.tree.norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
