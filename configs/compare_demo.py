@@ -28,7 +28,8 @@ def get_config():
   c.compare = mlc.ConfigDict({"methods": "learned,importance,scratch,dimchop,layerchop,"
                                          "magnitude,random",
                               "zeroshot_tasks": "piqa,arc_easy,sciq", "zeroshot_limit": 100,
-                              "equal_tokens": True, "scratch_lr": 1e-3, "heldout_rows": 64})
+                              "equal_tokens": True, "scratch_lr": 1e-3, "heldout_rows": 64,
+                              "paired_with": "importance"})
 
   p = c.prune                     # learned (demo recipe) and dimchop train; one-shot skip it
   p.steps, p.batch_size, p.warmup_steps = 30, 4, 3

@@ -175,7 +175,7 @@ def zero_shot(model_dir: str, cache_path: str, task_names: str, limit: int) -> d
 
 def heldout(cfg, model_dir: str, cache_path: str, rows: int) -> dict:
   """Held-out loss with its standard error (`jshear.eval.heldout`) of a model dir, cached."""
-  key = {"model": os.path.abspath(model_dir), "rows": rows,
+  key = {"model": os.path.abspath(model_dir), "rows": rows, "per_row": True,
          "mtime": os.path.getmtime(os.path.join(model_dir, "model_config.json"))}
   if os.path.exists(cache_path):
     with open(cache_path) as f:
@@ -200,6 +200,20 @@ def heldout(cfg, model_dir: str, cache_path: str, rows: int) -> dict:
       json.dump({"key": key, "heldout": res}, f, indent=2)
     os.replace(cache_path + ".tmp", cache_path)
   return res
+
+
+def _baseline_dir(paired_with: str, workdir: str, names) -> str | None:
+  """compare.paired_with as an earlier run's method dir (None when it names a method of
+  this comparison); refused before any method runs when it is neither."""
+  if not paired_with or paired_with in names:
+    return None
+  path = paired_with if os.path.isabs(paired_with) else os.path.join(workdir, paired_with)
+  try:
+    _final_model_dir(path)
+  except JShearError as e:
+    raise JShearError(f"compare.paired_with={paired_with!r} is neither a method of "
+                      f"compare.methods ({sorted(names)}) nor a finished method dir: {e}")
+  return path
 
 
 def _mean(losses: dict) -> float | None:
@@ -249,6 +263,10 @@ def _heldout_cell(h) -> str:
   return "-" if not h else f"{h['mean']:.3f} ± {h['se']:.3f}"
 
 
+def _diff_cell(p) -> str:
+  return "-" if not p else f"{p['mean']:+.3f} ± {p['se']:.3f}"
+
+
 def to_markdown(res: dict) -> str:
   rows = list(res["methods"].items())
   domains = sorted({d for _, r in rows for d in r["eval"]} |
@@ -258,32 +276,40 @@ def to_markdown(res: dict) -> str:
   zcols = [f"{k} acc" for k in zs] + (["mean acc"] if zs else [])
   zkeys = zs + (["mean"] if zs else [])
   zcell = lambda z: "".join(f" {_fmt((z or {}).get(k), '.3f')} |" for k in zkeys)
+  base = res.get("paired_with")
+  dcol = [f"vs {base} ± paired s.e."] if base else []
+  dcell = lambda r: f" {_diff_cell(r.get('paired'))} |" if base else ""
   lines = ["# Pruning methods compared", "",
            f"Target: {t.get('num_layers')} layers, {t.get('num_heads')} heads / "
            f"{t.get('num_kv_heads')} KV heads, hidden {t.get('hidden_size')}, intermediate "
            f"{t.get('intermediate_size')}. Continued pretraining: {res['continue_tokens']:,} "
            "tokens per method.", "",
            "| method | params | " + " | ".join(f"{d} loss" for d in domains) +
-           " | mean loss | held-out ± s.e. |" + "".join(f" {c} |" for c in zcols) +
+           " | mean loss | held-out ± s.e. |" + "".join(f" {c} |" for c in dcol + zcols) +
            " prune tokens | total tokens | wall s |",
-           "|---|---:|" + "---:|" * (len(domains) + len(zcols)) + "---:|---:|---:|---:|---:|"]
+           "|---|---:|" + "---:|" * (len(domains) + len(dcol) + len(zcols)) +
+           "---:|---:|---:|---:|---:|"]
   src = res.get("source")
   if src:
     lines.append(f"| source | {_fmt(src['params'], ',')} | " +
                  " | ".join(_fmt(src["eval"].get(d), ".3f") for d in domains) +
-                 f" | {_fmt(src['mean_loss'], '.3f')} | - |" + zcell(src.get("zero_shot")) +
+                 f" | {_fmt(src['mean_loss'], '.3f')} | - |" + (" - |" if base else "") +
+                 zcell(src.get("zero_shot")) +
                  " - | - | - |")
   for name, r in sorted(rows, key=lambda kv: (kv[1]["mean_loss"] is None,
                                               kv[1]["mean_loss"] or 0.0)):
     lines.append(f"| {name} | {_fmt(r['params'], ',')} | " +
                  " | ".join(_fmt(r["eval"].get(d), ".3f") for d in domains) +
                  f" | {_fmt(r['mean_loss'], '.3f')} | {_heldout_cell(r.get('heldout'))} |" +
-                 zcell(r.get("zero_shot")) +
+                 dcell(r) + zcell(r.get("zero_shot")) +
                  f" {r['prune_tokens']:,} | {r.get('total_tokens', 0):,} | "
                  f"{_fmt(r['wall_s'], '.0f')} |")
   lines += ["", "Loss: mean next-token loss on each domain's held-out rows (nats). Rows "
             "sorted by mean loss. Held-out ± s.e.: the mean over domains of up to "
             "compare.heldout_rows rows each, with its standard error over rows."]
+  if base:
+    lines += [f"vs {base}: the held-out difference from {base} on the same rows (negative: "
+              "better), with the standard error of the row-wise paired difference."]
   if zs:
     lines += [f"Zero-shot: accuracy on the first {res.get('zeroshot_limit') or 'all'} documents "
               "of each task (acc_norm for piqa, hellaswag, openbookqa, arc_challenge; acc "
@@ -367,6 +393,8 @@ def compare(cfg, workdir: str) -> dict:
     from jshear.eval import tasks as eval_tasks
     eval_tasks.parse_task_names(tasks_spec)  # bad names fail before any run
   rows = int(cfg.compare.get("heldout_rows", 64)) if "compare" in cfg else 64
+  paired_with = cfg.compare.get("paired_with", "") if "compare" in cfg else ""
+  base_dir = _baseline_dir(paired_with, workdir, configs)
   for name, _, _ in methods:
     _log.info("compare: running %s", name)
     summaries[name] = run_one(configs[name], os.path.join(workdir, name))
@@ -378,6 +406,18 @@ def compare(cfg, workdir: str) -> dict:
           final, os.path.join(workdir, name, "zeroshot.json"), tasks_spec, limit)
   res = collect(cfg, methods, summaries, configs)
   res["zeroshot_limit"] = limit
+  if paired_with:
+    from jshear.eval.heldout import paired_difference
+    if base_dir is None:
+      label, base = paired_with, summaries[paired_with]["heldout"]
+    else:  # an earlier run's model, scored here on the same rows (cached in its dir)
+      label = os.path.relpath(base_dir, workdir)
+      base = heldout(cfg, _final_model_dir(base_dir), os.path.join(base_dir, "heldout.json"),
+                     rows)
+    res["paired_with"] = label
+    for name, r in res["methods"].items():
+      if r["heldout"] is not None and r["heldout"] is not base:
+        r["paired"] = paired_difference(r["heldout"], base)
   if tasks_spec and res["source"] is not None:
     from jshear.train.stages.common import resolve_source
     src_dir = cfg.init_from or resolve_source(cfg.model.source)

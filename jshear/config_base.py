@@ -109,6 +109,9 @@ def base_config() -> mlc.ConfigDict:
   c.prune.mask_init = "uniform"      # uniform (reference: every gate intact) | importance
   c.prune.mask_init_spread = 6.0     # importance init: dropped units start up to this far
                                      # above the lower bound (see jshear/prune/mask_init.py)
+  c.prune.mask_init_band = 0.0       # importance init: this fraction of each set's units on
+  c.prune.mask_init_band_width = 3.0  # either side of the cut start in (-width, +width)
+  c.prune.mask_init_band_groups = ""  # the groups with a band ("": all)
   c.prune.target_warmup_steps = 640
   c.prune.target = mlc.ConfigDict({"num_layers": 0, "num_heads": 0, "num_kv_heads": 0,
                                    "hidden_size": 0, "intermediate_size": 0})

@@ -34,6 +34,7 @@ def world(tmp_path_factory):
 def test_compare_two_methods(world, tmp_path):
   cfg = _config(world, "magnitude,layerchop:input")
   cfg.compare.zeroshot_tasks, cfg.compare.zeroshot_limit = "piqa,arc_easy", 3
+  cfg.compare.paired_with = "magnitude"
   res = compare.compare(cfg, str(tmp_path))
   assert list(res["methods"]) == ["magnitude", "layerchop-input"]
   for name, r in res["methods"].items():
@@ -56,6 +57,13 @@ def test_compare_two_methods(world, tmp_path):
   assert "| layerchop-input |" in md and "| source |" in md and "piqa acc" in md
   assert set(res["source"]["zero_shot"]) == {"piqa", "arc_easy", "mean"}
   assert res["plot"] == (tmp_path / "compare.png").exists()
+  # The paired difference from the baseline: same rows, so its mean is the difference of
+  # the two held-out means.
+  assert res["paired_with"] == "magnitude" and "paired" not in res["methods"]["magnitude"]
+  lc, mg = (res["methods"][n]["heldout"] for n in ("layerchop-input", "magnitude"))
+  assert res["methods"]["layerchop-input"]["paired"]["mean"] == pytest.approx(
+      lc["mean"] - mg["mean"], abs=1e-9)
+  assert "vs magnitude ± paired s.e." in md
 
   # The CLI reuses finished runs (no training: fast) and writes the same table.
   cfg_path = tmp_path / "cmp.py"
@@ -93,6 +101,26 @@ def test_bad_target_fails_before_any_run(world, tmp_path):
   cfg = _config(world, "random,layerchop")
   cfg.prune.target.num_layers = 1  # random could do it; layerchop cannot keep first and last
   with pytest.raises(JShearError, match="at least 2 layers"):
+    compare.compare(cfg, str(tmp_path))
+  assert not os.path.exists(tmp_path / "random")
+
+
+def test_paired_difference_by_hand():
+  from jshear.eval.heldout import paired_difference
+  a = {"domains": {"x": {"row_losses": [3.0, 5.0, 4.0]}, "y": {"row_losses": [2.0, 2.5]}}}
+  b = {"domains": {"x": {"row_losses": [2.5, 4.0, 4.0]}, "y": {"row_losses": [2.0, 2.0]}}}
+  # x: diffs .5, 1, 0 -> mean .5, sd .5, se .5/sqrt(3); y: 0, .5 -> mean .25, se .25
+  p = paired_difference(a, b)
+  assert p["mean"] == pytest.approx((0.5 + 0.25) / 2)
+  assert p["se"] == pytest.approx(((0.5 / 3 ** 0.5) ** 2 + 0.25 ** 2) ** 0.5 / 2)
+  with pytest.raises(ValueError, match="same rows"):
+    paired_difference(a, {"domains": {"x": {"row_losses": [1.0]}, "y": {"row_losses": [1.0, 2.0]}}})
+
+
+def test_bad_paired_with_fails_before_any_run(world, tmp_path):
+  cfg = _config(world, "random")
+  cfg.compare.paired_with = "importance"
+  with pytest.raises(JShearError, match="paired_with='importance' is neither a method"):
     compare.compare(cfg, str(tmp_path))
   assert not os.path.exists(tmp_path / "random")
 

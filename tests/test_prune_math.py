@@ -392,3 +392,56 @@ def test_importance_init_keeps_the_scored_units_and_orders_the_rest():
   start = deterministic_masks({g: jnp.asarray(v) for g, v in la.items()}, GQA, tgt, binary=True)
   for g in scores:
     np.testing.assert_array_equal(np.asarray(start[g]), np.asarray(keep[g]))
+
+
+def test_importance_init_band_puts_the_units_nearest_the_cut_in_transition():
+  """band: the lowest-scored kept and best dropped units start in (-w, w), ordered by score
+  across the cut; the units the scores are sure of start as without a band."""
+  from jshear.prune.mask_init import from_scores
+  tgt = TargetShape(3, 6, 2, 12, 8)
+  rng = np.random.default_rng(1)
+  shapes = {"layer": (5,), "kv": (5, 3), "intermediate": (5, 10), "hidden": (18,)}
+  scores = {g: rng.random(s) for g, s in shapes.items()}
+  plain = from_scores(GQA, tgt, scores, 6.0, (-10.0, 10.0))
+  la = from_scores(GQA, tgt, scores, 6.0, (-10.0, 10.0), band=0.2, band_width=3.0)
+  keep = deterministic_masks({g: jnp.asarray(v, jnp.float32) for g, v in scores.items()},
+                             GQA, tgt, binary=True)
+  for g, s in scores.items():
+    a, p, k = np.asarray(la[g]), np.asarray(plain[g]), np.asarray(keep[g]) > 0
+    rows = (a, p, s, k) if a.ndim == 2 else (a[None], p[None], s[None], k[None])
+    for ar, pr, sr, kr in zip(*rows):
+      m = min(round(0.2 * len(sr)), kr.sum(), (~kr).sum())
+      in_band = np.abs(ar) < 3.0
+      assert in_band.sum() == 2 * m, g
+      assert (in_band & kr).sum() == m and (in_band & ~kr).sum() == m
+      # the band holds the kept units with the lowest scores and the dropped with the best
+      if m:
+        assert sr[in_band & kr].max() <= np.sort(sr[kr])[m - 1]
+        assert sr[in_band & ~kr].min() >= np.sort(sr[~kr])[::-1][m - 1]
+        order = np.argsort(-sr[in_band])   # higher score, higher start, across the cut
+        assert np.all(np.diff(ar[in_band][order]) < 0)
+        assert ar[in_band & kr].min() > 0 > ar[in_band & ~kr].max()
+      np.testing.assert_array_equal(ar[~in_band], pr[~in_band])
+  # The start's deterministic masks are still the importance masks.
+  start = deterministic_masks({g: jnp.asarray(v) for g, v in la.items()}, GQA, tgt, binary=True)
+  for g in scores:
+    np.testing.assert_array_equal(np.asarray(start[g]), np.asarray(keep[g]))
+  # band_groups: only the named groups get a band.
+  only = from_scores(GQA, tgt, scores, 6.0, (-10.0, 10.0), band=0.2, band_width=3.0,
+                     band_groups=("intermediate",))
+  for g in scores:
+    want = la[g] if g == "intermediate" else plain[g]
+    np.testing.assert_array_equal(np.asarray(only[g]), np.asarray(want))
+
+
+def test_importance_init_config_errors_name_the_key():
+  from jshear.config_base import base_config
+  from jshear.prune.mask_init import check_config
+  for key, val, pattern in [("mask_init_band", 0.5, "mask_init_band must be in"),
+                            ("mask_init_band_width", 20.0, "mask_init_band_width must be in"),
+                            ("mask_init_band_groups", "intermediate,heads",
+                             r"mask_init_band_groups names \['heads'\]")]:
+    p = base_config().prune
+    p[key] = val
+    with pytest.raises(JShearError, match=pattern):
+      check_config(p)

@@ -3,6 +3,10 @@
 Each domain's loss is the mean over its held-out rows (token-weighted within a row); the
 overall figure is the mean over domains, and its standard error combines the domains' row
 standard errors: se = sqrt(sum_d se_d^2) / K.
+
+Two models scored on the same rows are compared by their paired difference: the row-to-row
+spread (a domain's hard rows are hard for every model) cancels, so its standard error is
+far below either model's own (`paired_difference`).
 """
 
 from __future__ import annotations
@@ -42,8 +46,28 @@ def heldout_losses(ctx, model_cfg, params, masks=None, rows: int = 64,
       losses += [float(a / c) for a, c in zip(nll, cnt) if c > 0]
     losses = np.asarray(losses[:n])
     se = float(np.std(losses, ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
-    domains[d] = {"loss": float(losses.mean()), "se": se, "rows": int(n)}
+    domains[d] = {"loss": float(losses.mean()), "se": se, "rows": int(n),
+                  "row_losses": [float(x) for x in losses]}
   k = len(domains)
   mean = float(np.mean([v["loss"] for v in domains.values()]))
   se = float(math.sqrt(sum(v["se"] ** 2 for v in domains.values() if v["se"] == v["se"])) / k)
   return {"mean": mean, "se": se, "domains": domains}
+
+
+def paired_difference(a: dict, b: dict) -> dict:
+  """{"mean", "se"} of a - b (two `heldout_losses` results on the same rows): the mean over
+  domains of the mean row-wise difference, se = sqrt(sum_d se_d^2) / K."""
+  da, db = a["domains"], b["domains"]
+  if sorted(da) != sorted(db):
+    raise ValueError(f"paired_difference: different domains {sorted(da)} vs {sorted(db)}")
+  means, ses = [], []
+  for d in sorted(da):
+    ra, rb = (np.asarray(x["domains"][d].get("row_losses", ()), np.float64) for x in (a, b))
+    if len(ra) == 0 or len(ra) != len(rb):
+      raise ValueError(f"paired_difference: domain {d!r} has {len(ra)} vs {len(rb)} row "
+                       "losses; both must be scored on the same rows")
+    diff = ra - rb
+    means.append(float(diff.mean()))
+    ses.append(float(np.std(diff, ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0)
+  k = len(means)
+  return {"mean": float(np.mean(means)), "se": float(math.sqrt(sum(x * x for x in ses)) / k)}

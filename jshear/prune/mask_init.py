@@ -10,6 +10,15 @@ projection, or the Lagrangian's pressure) size the mask without making kept unit
 and the best of the dropped units stay close enough to come back if the loss wants them.
 With wide bounds (prune.log_alpha_bounds, e.g. (-10, 10)) kept gates are 1 and dropped
 gates 0 in all but a few samples, so the pruning stage trains the sub-network it will keep.
+
+That start never moves: a gate learns only in the samples where it is fractional, and at
+the bounds that is ~1e-4 of them, so after tens of steps the learned masks are the
+importance masks (README). `band` > 0 puts the units nearest the cut, where the scores are
+least sure, in transition: the lowest-scored `band` fraction of each set's kept units and
+the same number of its best dropped units start with logits from +band_width down to
+-band_width by rank (in the groups of prune.mask_init_band_groups: a fractional hidden
+channel scales the residual stream in every layer, a fractional MLP unit one product). Those gates are fractional in a sizeable share of samples, so the LM
+gradient can reorder them across the cut; the units the scores are sure of stay settled.
 """
 
 from __future__ import annotations
@@ -33,6 +42,22 @@ def check_config(p) -> None:
     raise JShearError(f"config.prune.mask_init={p.mask_init!r} (known: {list(MASK_INITS)})")
   if not p.mask_init_spread > 0:
     raise JShearError(f"config.prune.mask_init_spread must be > 0, got {p.mask_init_spread}")
+  if not 0.0 <= p.mask_init_band < 0.5:
+    raise JShearError(f"config.prune.mask_init_band must be in [0, 0.5), got {p.mask_init_band}")
+  unknown = set(band_groups(p) or ()) - set(str(p.groups).split(","))
+  if unknown:
+    raise JShearError(f"config.prune.mask_init_band_groups names {sorted(unknown)}, not in "
+                      f"config.prune.groups={p.groups!r}")
+  lo, hi = (float(b) for b in p.log_alpha_bounds)
+  if not 0 < p.mask_init_band_width < min(hi, -lo):
+    raise JShearError(f"config.prune.mask_init_band_width must be in (0, {min(hi, -lo)}) "
+                      f"(inside config.prune.log_alpha_bounds), got {p.mask_init_band_width}")
+
+
+def band_groups(p):
+  """prune.mask_init_band_groups as a tuple, None for all groups ("")."""
+  names = tuple(g.strip() for g in str(p.mask_init_band_groups).split(",") if g.strip())
+  return names or None
 
 
 def _rank_fraction(scores: np.ndarray, dropped: np.ndarray) -> np.ndarray:
@@ -46,10 +71,27 @@ def _rank_fraction(scores: np.ndarray, dropped: np.ndarray) -> np.ndarray:
   return np.where(dropped, (rank - n_kept) / n_drop, 0.0)
 
 
+def _band_row(s: np.ndarray, dropped: np.ndarray, band: float, width: float, la: np.ndarray):
+  """Writes the band's logits into `la` (one set): the m lowest-scored kept units from
+  +width down, then the m best dropped units down to -width (m = band * set size)."""
+  kept_idx = np.flatnonzero(~dropped)
+  drop_idx = np.flatnonzero(dropped)
+  m = min(int(round(band * len(s))), len(kept_idx), len(drop_idx))
+  if m == 0:
+    return
+  low_kept = kept_idx[np.argsort(s[kept_idx], kind="stable")][:m][::-1]   # best of them first
+  best_drop = drop_idx[np.argsort(-s[drop_idx], kind="stable")][:m]
+  steps = (np.arange(2 * m) + 0.5) / (2 * m)                              # (0, 1), by rank
+  la[np.concatenate([low_kept, best_drop])] = width * (1.0 - 2.0 * steps)
+
+
 def from_scores(src, target: TargetShape, scores: dict, spread: float,
-                bounds=(hard_concrete.LOG_ALPHA_MIN, hard_concrete.LOG_ALPHA_MAX)) -> dict:
+                bounds=(hard_concrete.LOG_ALPHA_MIN, hard_concrete.LOG_ALPHA_MAX),
+                band: float = 0.0, band_width: float = 3.0, band_groups=None) -> dict:
   """{group: log_alpha} from importance scores (higher = more important): kept units at the
-  upper bound, dropped ones from lower bound + spread (the best) down to the lower bound."""
+  upper bound, dropped ones from lower bound + spread (the best) down to the lower bound;
+  with `band` > 0 the units nearest the cut in between (module docstring), in the groups
+  `band_groups` (None: all)."""
   lo, hi = bounds
   keep = deterministic_masks({g: np.asarray(v, np.float32) for g, v in scores.items()}, src,
                              target, binary=True)
@@ -57,9 +99,11 @@ def from_scores(src, target: TargetShape, scores: dict, spread: float,
   for g, s in scores.items():
     s = np.asarray(s, np.float64)
     dropped = np.asarray(keep[g]) == 0
-    if s.ndim == 1:
-      frac = _rank_fraction(s[None], dropped[None])[0]
-    else:
-      frac = _rank_fraction(s, dropped)
-    out[g] = np.where(dropped, lo + spread * (1.0 - frac), hi).astype(np.float32)
+    rows_s, rows_d = (s[None], dropped[None]) if s.ndim == 1 else (s, dropped)
+    frac = _rank_fraction(rows_s, rows_d)
+    la = np.where(rows_d, lo + spread * (1.0 - frac), hi)
+    if band > 0 and (band_groups is None or g in band_groups):
+      for i in range(len(la)):
+        _band_row(rows_s[i], rows_d[i], band, band_width, la[i])
+    out[g] = la.reshape(s.shape).astype(np.float32)
   return out

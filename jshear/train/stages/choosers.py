@@ -52,7 +52,9 @@ def _initial_log_alpha(ctx, model):
     return None
   scores = _scores(ctx, model, "importance", ctx.spec.groups)
   return mask_init.from_scores(model.cfg, ctx.spec.target, scores, p.mask_init_spread,
-                               tuple(float(b) for b in p.log_alpha_bounds))
+                               tuple(float(b) for b in p.log_alpha_bounds),
+                               p.mask_init_band, p.mask_init_band_width,
+                               mask_init.band_groups(p))
 
 
 # ---- one-shot and iterative choosers ----------------------------------------------------
