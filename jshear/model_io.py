@@ -19,12 +19,12 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 
 import jax
 import numpy as np
 import tensorstore as ts
 
+from jshear.cache import building
 from jshear.errors import JShearError
 from jshear.model.config import ModelConfig
 from jshear.model.params import param_shapes
@@ -37,22 +37,14 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 @contextlib.contextmanager
 def atomic_dir(path: str, overwrite: bool = False):
-  """Yield a temp dir beside `path`; rename it into place only if the block succeeds, so a
-  failed or killed conversion never leaves a half-written output."""
+  """`jshear.cache.building` (a temp dir renamed into place only if the block succeeds, so a
+  failed or killed write never leaves a half-written output), with an existing output
+  refused before any work is done."""
   path = os.path.abspath(path)
   if os.path.exists(path) and not overwrite:
     raise JShearError(f"output {path} already exists (pass --overwrite to replace it)")
-  parent = os.path.dirname(path)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
-  try:
-    yield tmp
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  if os.path.exists(path):
-    shutil.rmtree(path)
-  os.rename(tmp, path)
+  with building(path, overwrite) as tmp:
+    yield str(tmp)
 
 
 def copy_tokenizer(src_dir: str, dst_dir: str) -> list[str]:
