@@ -41,4 +41,5 @@ def get_config():
   k.steps, k.batch_size, k.lr, k.warmup_steps = 40, 4, 3e-4, 4
   k.log_every, k.eval_every, k.eval_batches, k.ckpt_every = 5, 0, 2, 50
   k.reweight_rule = "constant"    # same data mixture for every method
+  c.distill.enable = False        # LM loss only (the demo distils; the table predates that)
   return c

@@ -2,7 +2,8 @@
 parameters (20 layers, 6 heads / 2 KV heads, hidden 384, intermediate 1024), on the local
 registry corpus, in about 10 minutes on 2 CPU cores. `make demo` runs it.
 
-Budgets are tiny (tens of steps). Learned pruning uses the small-budget recipe (gates
+Budgets are tiny (tens of steps); the continue stage distils from the source for its first
+half. Learned pruning uses the small-budget recipe (gates
 initialised from importance ranks, wide clamp bounds, sizes held by projection); the
 README reports what the demo reaches and why the reference settings do not at this budget.
 """
@@ -40,4 +41,8 @@ def get_config():
   k.steps, k.batch_size, k.lr, k.warmup_steps = 40, 4, 3e-4, 4
   k.log_every, k.eval_every, k.eval_batches, k.ckpt_every = 5, 20, 1, 20
   k.reweight_rule, k.reweight_every = "sheared", 20
+  # Distil from the source for the first half of the continued steps: -0.071 +- 0.002 nats
+  # mean held-out (64 rows a domain, paired) for ~1.2 min; all 40 steps gave -0.073 for
+  # ~2.5 min (README, "Learned pruning at small budgets").
+  c.distill.enable, c.distill.first_fraction = True, 0.5
   return c
