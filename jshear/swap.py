@@ -1,6 +1,7 @@
 """Mask choice or weight drift? The 2x2 swap: held-out loss of two runs' masks (a learned
 run and a one-shot run, same target) on two sets of weights (the source, and the learned
-run's pruning-stage weights), with standard errors over rows.
+run's pruning-stage weights), with standard errors over rows, and on each set of weights the
+paired difference learned - one-shot (same rows; its standard error is far smaller).
 
   python -m jshear.swap --config=configs/demo.py --learned=runs/learned --oneshot=runs/imp
 """
@@ -57,6 +58,10 @@ def main(argv):
   print("|---|---|---|")
   for k, v in res.items():
     print(f"| {k} | {v['mean']:.3f} | {v['se']:.3f} |")
+  from jshear.eval.heldout import paired_difference
+  for w in ("source weights", "pruning-stage weights"):
+    d = paired_difference(res[f"learned masks / {w}"], res[f"one-shot masks / {w}"])
+    print(f"learned - one-shot masks on {w}: {d['mean']:+.3f} ± {d['se']:.3f} (paired)")
   print(json.dumps(res), file=sys.stderr)
   return 0
 
