@@ -416,7 +416,7 @@ def compare(cfg, workdir: str) -> dict:
                      rows)
     res["paired_with"] = label
     for name, r in res["methods"].items():
-      if r["heldout"] is not None and r["heldout"] is not base:
+      if r["heldout"] is not None and (base_dir is not None or name != paired_with):
         r["paired"] = paired_difference(r["heldout"], base)
   if tasks_spec and res["source"] is not None:
     from jshear.train.stages.common import resolve_source

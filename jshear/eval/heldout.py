@@ -45,13 +45,23 @@ def heldout_losses(ctx, model_cfg, params, masks=None, rows: int = 64,
       nll, cnt = shd.to_host(nll), shd.to_host(cnt)
       losses += [float(a / c) for a, c in zip(nll, cnt) if c > 0]
     losses = np.asarray(losses[:n])
-    se = float(np.std(losses, ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    se = _se(losses) if n > 1 else float("nan")
     domains[d] = {"loss": float(losses.mean()), "se": se, "rows": int(n),
                   "row_losses": [float(x) for x in losses]}
   k = len(domains)
   mean = float(np.mean([v["loss"] for v in domains.values()]))
-  se = float(math.sqrt(sum(v["se"] ** 2 for v in domains.values() if v["se"] == v["se"])) / k)
+  se = _combined([v["se"] for v in domains.values() if v["se"] == v["se"]], k)
   return {"mean": mean, "se": se, "domains": domains}
+
+
+def _se(x: np.ndarray) -> float:
+  """Standard error of the mean of rows `x`."""
+  return float(np.std(x, ddof=1) / math.sqrt(len(x)))
+
+
+def _combined(ses, k: int) -> float:
+  """Standard error of a mean over k domains with standard errors `ses`."""
+  return float(math.sqrt(sum(x * x for x in ses)) / k)
 
 
 def paired_difference(a: dict, b: dict) -> dict:
@@ -68,6 +78,5 @@ def paired_difference(a: dict, b: dict) -> dict:
                        "losses; both must be scored on the same rows")
     diff = ra - rb
     means.append(float(diff.mean()))
-    ses.append(float(np.std(diff, ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0)
-  k = len(means)
-  return {"mean": float(np.mean(means)), "se": float(math.sqrt(sum(x * x for x in ses)) / k)}
+    ses.append(_se(diff) if len(diff) > 1 else 0.0)
+  return {"mean": float(np.mean(means)), "se": _combined(ses, len(means))}

@@ -17,8 +17,9 @@ importance masks (README). `band` > 0 puts the units nearest the cut, where the 
 least sure, in transition: the lowest-scored `band` fraction of each set's kept units and
 the same number of its best dropped units start with logits from +band_width down to
 -band_width by rank (in the groups of prune.mask_init_band_groups: a fractional hidden
-channel scales the residual stream in every layer, a fractional MLP unit one product). Those gates are fractional in a sizeable share of samples, so the LM
-gradient can reorder them across the cut; the units the scores are sure of stay settled.
+channel scales the residual stream in every layer, a fractional MLP unit one product).
+Those gates are fractional in a sizeable share of samples, so the LM gradient can reorder
+them across the cut; the units the scores are sure of stay settled.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ _log = logging.getLogger(__name__)
 
 def origin_of(path: str, model: Model, workdir: str | None = None) -> dict:
   """What a model pruned from `model` (loaded from `path`) records about its source."""
-  out = {"source": os.path.abspath(path), "fingerprint": model_io.params_fingerprint(model.params)}
+  out = {"source": os.path.abspath(path),
+         "fingerprint": model_io.params_fingerprint(model.params)}
   if workdir:
     out["masks"] = os.path.join(os.path.abspath(workdir), "masks", "binary_masks.npz")
   return out
@@ -36,7 +37,9 @@ def unpruned_source(ctx, model: Model, why: list[str]) -> Model:
     raise JShearError(f"{need} need(s) the unpruned source model, but {where}: set "
                       "config.model.source to the source model dir, or set the keys named")
   src = load_any(path, cfg)
-  if recorded and origin.get("fingerprint") and model_io.params_fingerprint(src.params) != origin["fingerprint"]:
+  changed = (recorded and origin.get("fingerprint") and
+             model_io.params_fingerprint(src.params) != origin["fingerprint"])
+  if changed:
     raise JShearError(f"the source recorded for this model, {path}, has changed since pruning "
                       "(content hash differs): set config.model.source to the model it was "
                       "pruned from")
