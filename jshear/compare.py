@@ -209,7 +209,7 @@ def _baseline_dir(paired_with: str, workdir: str, names) -> str | None:
     return None
   path = paired_with if os.path.isabs(paired_with) else os.path.join(workdir, paired_with)
   try:
-    _final_model_dir(path)
+    final_model_dir(path)
   except JShearError as e:
     raise JShearError(f"compare.paired_with={paired_with!r} is neither a method of "
                       f"compare.methods ({sorted(names)}) nor a finished method dir: {e}")
@@ -351,7 +351,7 @@ def plot(res: dict, path: str) -> bool:
   return True
 
 
-def _final_model_dir(workdir: str) -> str:
+def final_model_dir(workdir: str) -> str:
   """The last model a run wrote (for runs without an export stage)."""
   for name in ("continued", "pruned", "pretrained"):
     if os.path.exists(os.path.join(workdir, name, "model_config.json")):
@@ -398,10 +398,10 @@ def compare(cfg, workdir: str) -> dict:
   for name, _, _ in methods:
     _log.info("compare: running %s", name)
     summaries[name] = run_one(configs[name], os.path.join(workdir, name))
-    summaries[name]["heldout"] = heldout(configs[name], _final_model_dir(
+    summaries[name]["heldout"] = heldout(configs[name], final_model_dir(
         os.path.join(workdir, name)), os.path.join(workdir, name, "heldout.json"), rows)
     if tasks_spec:
-      final = summaries[name].get("hf_dir") or _final_model_dir(summaries[name]["workdir"])
+      final = summaries[name].get("hf_dir") or final_model_dir(summaries[name]["workdir"])
       summaries[name]["zero_shot"] = zero_shot(
           final, os.path.join(workdir, name, "zeroshot.json"), tasks_spec, limit)
   res = collect(cfg, methods, summaries, configs)
@@ -412,7 +412,7 @@ def compare(cfg, workdir: str) -> dict:
       label, base = paired_with, summaries[paired_with]["heldout"]
     else:  # an earlier run's model, scored here on the same rows (cached in its dir)
       label = os.path.relpath(base_dir, workdir)
-      base = heldout(cfg, _final_model_dir(base_dir), os.path.join(base_dir, "heldout.json"),
+      base = heldout(cfg, final_model_dir(base_dir), os.path.join(base_dir, "heldout.json"),
                      rows)
     res["paired_with"] = label
     for name, r in res["methods"].items():

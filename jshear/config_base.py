@@ -113,6 +113,11 @@ def base_config() -> mlc.ConfigDict:
   c.prune.mask_init_band_width = 3.0  # either side of the cut start in (-width, +width)
   c.prune.mask_init_band_groups = ""  # the groups with a band ("": all)
   c.prune.target_warmup_steps = 640
+  # True: the pruning and continue stages follow one lr schedule over prune.steps +
+  # continued.steps (prune's lr, schedule, warmup_steps); the continue stage enters it at
+  # step prune.steps, ramping its fresh optimizer up over continued.warmup_steps. False:
+  # each stage its own warm-up and decay (reference). Only when the pruning stage trains.
+  c.prune.one_schedule = False
   c.prune.target = mlc.ConfigDict({"num_layers": 0, "num_heads": 0, "num_kv_heads": 0,
                                    "hidden_size": 0, "intermediate_size": 0})
   # Mask choosers other than learned (one-shot, or iterative while training).

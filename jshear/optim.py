@@ -15,6 +15,8 @@ global-norm clipping (reference: yes).
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import optax
 
@@ -59,19 +61,19 @@ def _label(path, _):
   return "masks" if "log_alpha" in keys else "lambdas"
 
 
-def build_optimizer(tc, total_steps: int, has_prune: bool) -> optax.GradientTransformation:
+def build_optimizer(tc, total_steps: int, has_prune: bool,
+                    span: "Span | None" = None) -> optax.GradientTransformation:
   """tc: the `train` config block (lr, schedule, warmup_steps, weight_decay, b1, b2, eps,
-  clip_norm, mask_lr, lambda_lr, schedule_masks, clip_masks)."""
-  sched = make_schedule(tc.schedule, tc.lr, total_steps, tc.warmup_steps, tc.final_lr_fraction,
-                        tc.get("decay_fraction", 0.2))
+  clip_norm, mask_lr, lambda_lr, schedule_masks, clip_masks). `span`: this stage's part of
+  a schedule shared with another stage (`stage_span`)."""
+  sched = schedule_fn(tc, total_steps, span)
   weights = optax.adamw(sched, b1=tc.b1, b2=tc.b2, eps=tc.eps, weight_decay=tc.weight_decay)
   clip = optax.clip_by_global_norm(tc.clip_norm) if tc.clip_norm > 0 else optax.identity()
   if not has_prune:
     return optax.chain(clip, weights)
 
   # The weight schedule's shape at peak 1, so a stage with lr=0 still scales these groups.
-  shape = make_schedule(tc.schedule, 1.0, total_steps, tc.warmup_steps, tc.final_lr_fraction,
-                        tc.get("decay_fraction", 0.2))
+  shape = schedule_fn(tc, total_steps, span, peak=1.0)
 
   def group_lr(lr):
     if tc.schedule_masks:
@@ -90,6 +92,51 @@ def build_optimizer(tc, total_steps: int, has_prune: bool) -> optax.GradientTran
   return optax.chain(clip, opt) if tc.clip_masks else opt
 
 
-def schedule_fn(tc, total_steps: int):
-  return make_schedule(tc.schedule, tc.lr, total_steps, tc.warmup_steps, tc.final_lr_fraction,
-                       tc.get("decay_fraction", 0.2))
+@dataclasses.dataclass(frozen=True)
+class Span:
+  """A stage's part of one schedule over several stages: the stage runs the schedule's
+  steps [offset, offset + its steps) of `total`; `base` is the block whose lr, schedule,
+  warmup_steps and final_lr_fraction define it. A stage entering at offset > 0 starts a
+  fresh optimizer, so its own warmup_steps ramp it up to the schedule's value there."""
+  offset: int
+  total: int
+  base: object
+
+
+def stage_span(cfg, name: str, trains_in_prune: bool) -> Span | None:
+  """The shared schedule of `prune.one_schedule` for stage `name` (None: its own)."""
+  if not cfg.prune.get("one_schedule", False) or not trains_in_prune:
+    return None
+  total = int(cfg.prune.steps) + int(cfg.continued.steps)
+  if name == "prune":
+    return Span(0, total, cfg.prune)
+  if name == "continue":
+    return Span(int(cfg.prune.steps), total, cfg.prune)
+  return None
+
+
+def check_one_schedule(cfg) -> None:
+  """prune.one_schedule runs both stages on prune's lr and schedule: a continued block
+  that says otherwise is refused rather than ignored."""
+  if not cfg.prune.get("one_schedule", False):
+    return
+  for key in ("lr", "schedule", "final_lr_fraction"):
+    if cfg.continued[key] != cfg.prune[key]:
+      raise JShearError(f"prune.one_schedule=True runs the continue stage on the pruning "
+                        f"stage's schedule, but continued.{key}={cfg.continued[key]!r} differs "
+                        f"from prune.{key}={cfg.prune[key]!r}; set them equal")
+
+
+def schedule_fn(tc, total_steps: int, span: Span | None = None, peak: float | None = None):
+  """The learning rate of stage block `tc` by step (peak: tc.lr unless given)."""
+  peak = tc.lr if peak is None else peak
+  if span is None:
+    return make_schedule(tc.schedule, peak, total_steps, tc.warmup_steps, tc.final_lr_fraction,
+                         tc.get("decay_fraction", 0.2))
+  b = span.base
+  whole = make_schedule(b.schedule, peak, span.total, b.warmup_steps, b.final_lr_fraction,
+                        b.get("decay_fraction", 0.2))
+  if span.offset == 0 or not tc.warmup_steps:
+    return lambda step: whole(step + span.offset)
+  ramp = optax.linear_schedule(0.0, 1.0, int(tc.warmup_steps))
+  return lambda step: whole(step + span.offset) * ramp(step)

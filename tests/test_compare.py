@@ -64,6 +64,14 @@ def test_compare_two_methods(world, tmp_path):
   assert res["methods"]["layerchop-input"]["paired"]["mean"] == pytest.approx(
       lc["mean"] - mg["mean"], abs=1e-9)
   assert "vs magnitude ± paired s.e." in md
+  # jshear.paired scores finished runs against a baseline run the same way.
+  from jshear.paired import paired
+  pr = paired(cfg, str(tmp_path / "magnitude"), [str(tmp_path / "layerchop-input")], 64)
+  assert pr[str(tmp_path / "magnitude")]["paired"] is None
+  assert pr[str(tmp_path / "layerchop-input")]["paired"] == \
+      res["methods"]["layerchop-input"]["paired"]
+  with pytest.raises(JShearError, match="has no finished model"):
+    paired(cfg, str(tmp_path / "magnitude"), [str(tmp_path / "nothing")], 64)
 
   # The CLI reuses finished runs (no training: fast) and writes the same table.
   cfg_path = tmp_path / "cmp.py"

@@ -14,7 +14,9 @@ from jshear.config_base import train_block
 from jshear.errors import JShearError
 from jshear.model.config import ModelConfig
 from jshear.model.params import init_params
-from jshear.optim import build_optimizer, make_schedule
+from jshear.config_base import base_config
+from jshear.optim import (build_optimizer, check_one_schedule, make_schedule, schedule_fn,
+                          stage_span)
 from jshear.train.state_sharding import put_global, state_shardings
 from jshear.train.step import init_state, make_train_step
 
@@ -86,6 +88,30 @@ def test_schedules():
   assert abs(float(lin(10)) - 1.5) < 1e-6
   with pytest.raises(JShearError, match="train.schedule must be one of"):
     make_schedule("exp", 1.0, 10, 1)
+
+
+def test_one_schedule_spans_the_pruning_and_continue_stages():
+  c = base_config()
+  c.prune.update(steps=30, lr=3e-4, warmup_steps=3, one_schedule=True)
+  c.continued.update(steps=10, lr=3e-4, warmup_steps=2)
+  whole = make_schedule("cosine", 3e-4, 40, 3, 0.1)
+  prune = schedule_fn(c.prune, 30, stage_span(c, "prune", True))
+  cont = schedule_fn(c.continued, 10, stage_span(c, "continue", True))
+  for s in (0, 2, 3, 17, 29):
+    assert abs(float(prune(s)) - float(whole(s))) < 1e-12
+  # the continue stage picks the schedule up at step 30 after re-warming its new optimizer
+  assert float(cont(0)) == 0.0
+  assert abs(float(cont(1)) - 0.5 * float(whole(31))) < 1e-12
+  for s in (2, 5, 10):
+    assert abs(float(cont(s)) - float(whole(30 + s))) < 1e-12
+  # off, or a pruning stage that does not train: each stage its own schedule
+  assert stage_span(c, "continue", False) is None
+  c.prune.one_schedule = False
+  assert stage_span(c, "continue", True) is None
+  c.prune.one_schedule = True
+  c.continued.lr = 1e-4
+  with pytest.raises(JShearError, match="continued.lr=0.0001 differs from prune.lr=0.0003"):
+    check_one_schedule(c)
 
 
 def test_checkpoint_restores_onto_a_different_mesh(tmp_path):

@@ -26,7 +26,7 @@ from jshear.metrics import MetricsWriter, attention_flops_per_token, model_flops
 from jshear.model.config import ModelConfig
 from jshear.model.masks import mask_shapes
 from jshear.model.params import abstract_params
-from jshear.optim import build_optimizer, schedule_fn
+from jshear.optim import build_optimizer, schedule_fn, stage_span
 from jshear.prune.state import eval_masks, init_prune_state
 from jshear.train.loss import per_row_nll
 from jshear.model.transformer import forward
@@ -134,13 +134,18 @@ def stage_seed(cfg, name: str) -> int:
   return cfg.seed * 1000 + {"pretrain": 1, "prune": 2, "continue": 3}.get(name, 4)
 
 
+def _span(cfg, name: str):
+  from jshear.train.stages.choosers import trains_in_prune  # choosers imports this module
+  return stage_span(cfg, name, trains_in_prune(cfg))
+
+
 def state_plan(ctx: Context, name: str, block, model_cfg: ModelConfig, prune: PruneSpec | None,
                mask_groups=None, init_log_alpha=None):
   """(optimizer, initial prune state, make_state, abstract state, state shardings).
   `mask_groups`: iterative pruning keeps 0/1 masks of these groups in the state.
   `init_log_alpha`: a callable giving learned masks' starting logits (None: uniform)."""
   cfg = ctx.cfg
-  optimizer = build_optimizer(block, block.steps, prune is not None)
+  optimizer = build_optimizer(block, block.steps, prune is not None, _span(cfg, name))
   prune_state = None
   if prune is not None:
     prune_state = init_prune_state(model_cfg, prune.target, prune.groups,
@@ -266,7 +271,7 @@ def train_stage(ctx: Context, name: str, block, model_cfg: ModelConfig, params_h
     ref = reference() if reference else evaluator(state["params"], None)
     _log.info("%s: reference losses from the source model: %s", name, ref)
   base_weights = dict(extra.get("base_weights") or loader.weights)
-  lr = schedule_fn(block, block.steps)
+  lr = schedule_fn(block, block.steps, _span(cfg, name))
   fpt = model_flops_per_token(model_cfg) + attention_flops_per_token(model_cfg, cfg.data.seq_len)
 
   start = int(shd.to_host(state["step"]))
