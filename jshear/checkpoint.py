@@ -63,6 +63,14 @@ class Checkpointer:
                         f"model/optimizer ({type(e).__name__}: {str(e)[:300]})") from e
     return out["state"], out["extra"]
 
+  def read_extra(self, step: int | None = None) -> dict:
+    """The JSON item alone (no state pytree to describe)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise JShearError(f"no checkpoint in {self.directory}")
+    return self.manager.restore(step, args=ocp.args.Composite(
+        extra=ocp.args.JsonRestore()))["extra"]
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
 

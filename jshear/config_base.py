@@ -93,6 +93,11 @@ def base_config() -> mlc.ConfigDict:
   c.data.corpus = ""            # "local": build + prepare the registry corpus when path is empty
   c.data.seq_len = 512
   c.data.max_domain_mb = 0.0    # local corpus: cap per domain for quick runs (0: all)
+  # per_stage: each training stage its own shuffled stream (seed per stage). shared: prune
+  # and continue draw one stream; continue picks it up where this workdir's pruning stage
+  # stopped (at its start when that stage did not train), so methods compared at equal
+  # tokens train on the same rows in the same order.
+  c.data.stream = "per_stage"
 
   c.distributed = mlc.ConfigDict()
   c.distributed.coordinator = ""

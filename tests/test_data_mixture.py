@@ -121,6 +121,27 @@ def test_state_roundtrip_gives_identical_next_batches(sources):
     MixtureLoader(sources, [1, 0, 0], batch_size=10, seed=4).set_state(state)
 
 
+def test_a_second_loader_continues_the_stream_without_repeating_rows(sources):
+  first = MixtureLoader(sources, [0.5, 0.3, 0.2], batch_size=10, seed=3)
+  for _ in range(3):
+    first.next_batch()
+  state = json.loads(json.dumps(first.get_state()))
+  expect = [first.next_batch() for _ in range(4)]
+  # Same batch size and weights: exactly the batches the first loader serves next.
+  second = MixtureLoader(sources, [0.5, 0.3, 0.2], batch_size=10, seed=3)
+  second.continue_stream(state)
+  for e in expect:
+    g = second.next_batch()
+    assert all(np.array_equal(e[k], g[k]) for k in e)
+  # Another batch size: it starts after the rows already served.
+  other = MixtureLoader(sources, [0.5, 0.3, 0.2], batch_size=4, seed=3)
+  other.continue_stream(state)
+  assert other.get_state()["positions"] == state["positions"]
+  assert other.get_state()["step"] == 3 and other.weights == second.weights
+  with pytest.raises(JShearError, match="seed"):
+    MixtureLoader(sources, [1, 0, 0], batch_size=10, seed=4).continue_stream(state)
+
+
 def test_orbax_checkpoint_restores_next_batches(sources, tmp_path):
   import orbax.checkpoint as ocp
   mix = MixtureLoader(sources, [0.5, 0.3, 0.2], batch_size=10, seed=5)

@@ -176,6 +176,34 @@ def test_each_stage_draws_its_own_data_stream(world):
   assert not np.array_equal(first["prune"], first["continue"])
 
 
+def test_a_shared_stream_gives_methods_the_same_rows(world, tmp_path):
+  """data.stream=shared: the continue stage picks the stream up where pruning stopped, so
+  learned (2 pruning + 2 continued steps) and a one-shot method (4 continued steps) end on
+  the same loader state: the same rows, in the same order."""
+  from jshear.checkpoint import Checkpointer
+  from jshear.train.loop import stage_seed
+  states = {}
+  for method, cont_steps in (("learned", 2), ("magnitude", 4)):
+    cfg = _learned_config(world, steps=2)
+    cfg.prune.method, cfg.data.stream, cfg.final_eval = method, "shared", False
+    cfg.stages = "prune,finalize,continue"
+    cfg.prune.reweight_rule = cfg.continued.reweight_rule = "constant"
+    k = cfg.continued
+    k.steps, k.eval_every, k.ckpt_every, k.log_every = cont_steps, 0, cont_steps, cont_steps
+    run(cfg, str(tmp_path / method))
+    ck = Checkpointer(str(tmp_path / method / "continue" / "checkpoints"))
+    states[method] = ck.read_extra()["loader"]
+    ck.close()
+  for st in states.values():
+    st.pop("weight_history")
+  assert states["learned"] == states["magnitude"]
+  assert states["learned"]["step"] == 4 and states["learned"]["seed"] == stage_seed(cfg, "prune")
+  cfg.data.stream = "one"
+  with pytest.raises(JShearError, match="data.stream must be one of"):
+    run(cfg, str(tmp_path / "bad"))
+  assert not os.path.exists(tmp_path / "bad")
+
+
 def test_a_new_method_in_a_finished_workdir_chooses_new_masks(world, tmp_path):
   cfg = _learned_config(world, steps=2)
   cfg.prune.method, cfg.final_eval = "magnitude", False

@@ -197,6 +197,20 @@ class MixtureLoader:
     self._consumed = [int(e) * n + int(p) for e, p, n in zip(state["epochs"], state["positions"], self._sizes)]
     self._history = [[int(s), list(w)] for s, w in state["weight_history"]]
 
+  def continue_stream(self, state: Mapping) -> None:
+    """Picks up another loader's stream (same seed and data) where it stopped: the rows it
+    served are not served again. This loader keeps its own weights; with the same batch
+    size and weights its batches are those the other loader would have served next."""
+    for key, want in (("version", STATE_VERSION), ("domains", self.domains), ("seed", self.seed),
+                      ("sizes", self._sizes)):
+      if state.get(key) != want:
+        raise JShearError(f"loader state to continue: expected {key}={want}, got {state.get(key)}")
+    self.step = int(state["step"])
+    self._consumed = [int(e) * n + int(p) for e, p, n in zip(state["epochs"], state["positions"], self._sizes)]
+    if state["batch_size"] == self.batch_size:
+      self._residuals = np.asarray(state["residuals"], np.float64)
+    self._history = [[self.step, self._weights.tolist()]]
+
   def checkpoint_args(self):
     """Orbax item for a Composite save: `ocp.args.Composite(data=loader.checkpoint_args(), ...)`."""
     import orbax.checkpoint as ocp

@@ -139,6 +139,45 @@ def _span(cfg, name: str):
   return stage_span(cfg, name, trains_in_prune(cfg))
 
 
+STREAMS = ("per_stage", "shared")
+
+
+def data_stream(cfg) -> str:
+  stream = cfg.data.get("stream", "per_stage")
+  if stream not in STREAMS:
+    raise JShearError(f"data.stream must be one of {STREAMS}, got {stream!r}")
+  return stream
+
+
+def data_seed(cfg, name: str) -> int:
+  """The seed of stage `name`'s data stream: its own, or with data.stream=shared the one
+  stream the prune and continue stages share."""
+  if data_stream(cfg) == "shared" and name == "continue":
+    return stage_seed(cfg, "prune")
+  return stage_seed(cfg, name)
+
+
+def _shared_stream_start(ctx: Context, name: str):
+  """With data.stream=shared, the loader state the continue stage picks up: where this
+  workdir's pruning stage stopped (None: the stream's start)."""
+  if data_stream(ctx.cfg) != "shared" or name != "continue":
+    return None
+  from jshear.train.stages.choosers import trains_in_prune
+  if not trains_in_prune(ctx.cfg):
+    return None
+  ck = os.path.join(ctx.workdir, "prune", "checkpoints")
+  if not os.path.isdir(ck) or not any(n.isdigit() for n in os.listdir(ck)):
+    _log.warning("data.stream=shared: no pruning-stage checkpoint in %s, so the continue "
+                 "stage starts the stream at its beginning (rows a pruning run elsewhere "
+                 "trained on may come again)", ctx.workdir)
+    return None
+  c = Checkpointer(ck)
+  try:
+    return c.read_extra()["loader"]
+  finally:
+    c.close()
+
+
 def state_plan(ctx: Context, name: str, block, model_cfg: ModelConfig, prune: PruneSpec | None,
                mask_groups=None, init_log_alpha=None):
   """(optimizer, initial prune state, make_state, abstract state, state shardings).
@@ -229,7 +268,7 @@ def train_stage(ctx: Context, name: str, block, model_cfg: ModelConfig, params_h
   sources = domain_sources(ctx.data_dir, "train")
   domains = list(sources)
   loader = MixtureLoader(sources, _initial_weights(block, domains), block.batch_size,
-                         seed=stage_seed(cfg, name), process_index=jax.process_index(),
+                         seed=data_seed(cfg, name), process_index=jax.process_index(),
                          process_count=jax.process_count())
   evaluator = DomainEval(ctx, model_cfg, domains, block.batch_size, block.eval_batches,
                          compute_dtype)
@@ -244,6 +283,11 @@ def train_stage(ctx: Context, name: str, block, model_cfg: ModelConfig, params_h
     params = put_global(jax.tree.map(lambda x: np.asarray(x, cfg.model.param_dtype), params_host),
                         shardings["params"])
     state = jax.jit(make_state, out_shardings=shardings)(params, prune_state)
+    carried = _shared_stream_start(ctx, name)
+    if carried is not None:
+      loader.continue_stream(carried)
+      _log.info("%s: data stream picked up at step %d of the pruning stage's", name,
+                int(carried["step"]))
   params_host = None
   teachers, in_shardings = (), (shardings, shd.batch_sharding(mesh))
   if distill is not None:

@@ -32,7 +32,7 @@ from jshear.model.config import ModelConfig
 from jshear.model.params import count_params
 from jshear.optim import check_one_schedule
 from jshear.prune.targets import target_config
-from jshear.train.loop import DomainEval
+from jshear.train.loop import DomainEval, data_stream
 from jshear.train.stages import STAGE_TABLE
 from jshear.train.stages.choosers import PRUNE_METHODS, prune_spec, trains_in_prune  # noqa: F401
 from jshear.train.stages.common import (Model, RunContext, eval_domains, load_any,
@@ -226,6 +226,7 @@ def _check_distill(cfg, student: ModelConfig, source: ModelConfig | None) -> Non
 def prepare(cfg, workdir: str, stages, mesh) -> tuple[RunContext, Model]:
   """Everything a run needs, validated; nothing is written to the workdir."""
   check_one_schedule(cfg)
+  data_stream(cfg)
   model, path = _start_model(cfg, stages)
   spec = prune_spec(cfg, model.cfg) if "prune" in stages or "finalize" in stages else None
   _validate_training(cfg, mesh, stages, model, spec)
