@@ -14,18 +14,6 @@ import os
 
 from jshear import hostmem
 
-if __name__ == "__main__":
-  hostmem.reexec_with_huge_pages()
-
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config whose data the runs used.",
-                                          lock_config=True)
-_BASELINE = flags.DEFINE_string("baseline", None, "Workdir of the baseline run.")
-_RUNS = flags.DEFINE_list("runs", [], "Workdirs to score against the baseline.")
-_ROWS = flags.DEFINE_integer("rows", 64, "Held-out rows per domain.")
-
 
 def paired(cfg, baseline: str, runs: list[str], rows: int) -> dict:
   """{run: {"mean", "se", "paired": {"mean", "se"}}} with the baseline's own row."""
@@ -52,6 +40,16 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  hostmem.reexec_with_huge_pages()
+  from absl import app, flags
+  from ml_collections import config_flags
+  # Flags only when run as a program: importing `paired` next to `jshear.swap` (which also
+  # defines --config) must not clash.
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config whose data the runs used.",
+                                            lock_config=True)
+  _BASELINE = flags.DEFINE_string("baseline", None, "Workdir of the baseline run.")
+  _RUNS = flags.DEFINE_list("runs", [], "Workdirs to score against the baseline.")
+  _ROWS = flags.DEFINE_integer("rows", 64, "Held-out rows per domain.")
   flags.mark_flags_as_required(["config", "baseline"])
   from jshear.cli import parse_flags
   app.run(main, flags_parser=parse_flags)

@@ -44,6 +44,7 @@ class Context:
   mesh: object
   writer: MetricsWriter
   data_dir: str
+  prune_trains: bool = False     # the prune method trains the weights (learned, iterative)
 
 
 @dataclasses.dataclass
@@ -134,9 +135,8 @@ def stage_seed(cfg, name: str) -> int:
   return cfg.seed * 1000 + {"pretrain": 1, "prune": 2, "continue": 3}.get(name, 4)
 
 
-def _span(cfg, name: str):
-  from jshear.train.stages.choosers import trains_in_prune  # choosers imports this module
-  return stage_span(cfg, name, trains_in_prune(cfg))
+def _span(ctx: Context, name: str):
+  return stage_span(ctx.cfg, name, ctx.prune_trains)
 
 
 STREAMS = ("per_stage", "shared")
@@ -162,8 +162,7 @@ def _shared_stream_start(ctx: Context, name: str):
   workdir's pruning stage stopped (None: the stream's start)."""
   if data_stream(ctx.cfg) != "shared" or name != "continue":
     return None
-  from jshear.train.stages.choosers import trains_in_prune
-  if not trains_in_prune(ctx.cfg):
+  if not ctx.prune_trains:
     return None
   ck = os.path.join(ctx.workdir, "prune", "checkpoints")
   if not os.path.isdir(ck) or not any(n.isdigit() for n in os.listdir(ck)):
@@ -184,7 +183,7 @@ def state_plan(ctx: Context, name: str, block, model_cfg: ModelConfig, prune: Pr
   `mask_groups`: iterative pruning keeps 0/1 masks of these groups in the state.
   `init_log_alpha`: a callable giving learned masks' starting logits (None: uniform)."""
   cfg = ctx.cfg
-  optimizer = build_optimizer(block, block.steps, prune is not None, _span(cfg, name))
+  optimizer = build_optimizer(block, block.steps, prune is not None, _span(ctx, name))
   prune_state = None
   if prune is not None:
     prune_state = init_prune_state(model_cfg, prune.target, prune.groups,
@@ -315,7 +314,7 @@ def train_stage(ctx: Context, name: str, block, model_cfg: ModelConfig, params_h
     ref = reference() if reference else evaluator(state["params"], None)
     _log.info("%s: reference losses from the source model: %s", name, ref)
   base_weights = dict(extra.get("base_weights") or loader.weights)
-  lr = schedule_fn(block, block.steps, _span(cfg, name))
+  lr = schedule_fn(block, block.steps, _span(ctx, name))
   fpt = model_flops_per_token(model_cfg) + attention_flops_per_token(model_cfg, cfg.data.seq_len)
 
   start = int(shd.to_host(state["step"]))

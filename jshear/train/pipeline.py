@@ -247,6 +247,7 @@ def prepare(cfg, workdir: str, stages, mesh) -> tuple[RunContext, Model]:
     _check_distill(cfg, student, src_cfg)
   check_workdir_config(cfg, workdir)
   ctx = RunContext(cfg=cfg, workdir=workdir, mesh=mesh, writer=None, data_dir=data_dir,
+                   prune_trains=trains_in_prune(cfg),
                    stages=tuple(stages), spec=spec, source=source)
   if "continue" in stages and source is None and model.params is not None:
     from jshear.train.stages.continued import needs_source
