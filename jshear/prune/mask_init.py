@@ -13,17 +13,18 @@ pruning stage trains the sub-network it will keep. How wide matters: a gate is n
 sigmoid(log_alpha + 1.6) of samples, so with bounds (-10, 10) the best dropped units (at
 -10 + spread = -4) are on in 8% of them. Each time one is, the LM gradient lifts it, and
 the projection's shift then lowers every logit, kept ones included. Over 120 demo-sized
-steps that made ~1% of kept gates fractional in every sample and cost 0.046 nats at the end
-(README, "The gap, controlled"); (-20, 20) keeps both sets silent.
+steps that made ~1% of kept gates fractional in every sample and cost the band run 0.046
+nats at the end (README, "The gap, controlled"); (-20, 20) keeps both sets silent.
 
 That start never moves: a gate learns only in the samples where it is fractional, so after
-tens of steps the learned masks are the importance masks (README). `band` > 0 puts the units nearest the cut, where the scores are
-least sure, in transition: the lowest-scored `band` fraction of each set's kept units and
-the same number of its best dropped units start with logits from +band_width down to
--band_width by rank (in the groups of prune.mask_init_band_groups: a fractional hidden
-channel scales the residual stream in every layer, a fractional MLP unit one product).
-Those gates are fractional in a sizeable share of samples, so the LM gradient can reorder
-them across the cut; the units the scores are sure of stay settled.
+tens of steps the learned masks are the importance masks (README). `band` > 0 puts the
+units nearest the cut, where the scores are least sure, in transition: the lowest-scored
+`band` fraction of each set's kept units and the same number of its best dropped units
+start with logits from +band_width down to -band_width by rank (in the groups of
+prune.mask_init_band_groups: a fractional hidden channel scales the residual stream in
+every layer, a fractional MLP unit one product). Those gates are fractional in a sizeable
+share of samples, so the LM gradient can reorder them across the cut; the units the scores
+are sure of stay settled.
 """
 
 from __future__ import annotations
