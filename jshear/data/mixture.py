@@ -186,27 +186,31 @@ class MixtureLoader:
         "sizes": list(self._sizes), "weight_history": [list(h) for h in self._history],
     }
 
-  def set_state(self, state: Mapping) -> None:
-    for key, want in (("version", STATE_VERSION), ("domains", self.domains), ("seed", self.seed),
-                      ("batch_size", self.batch_size), ("sizes", self._sizes)):
+  def _check_state(self, state: Mapping, what: str, keys) -> None:
+    for key in keys:
+      want = {"version": STATE_VERSION, "domains": self.domains, "seed": self.seed,
+              "batch_size": self.batch_size, "sizes": self._sizes}[key]
       if state.get(key) != want:
-        raise JShearError(f"loader state: expected {key}={want}, got {state.get(key)}")
+        raise JShearError(f"{what}: expected {key}={want}, got {state.get(key)}")
+
+  def _consumed_from(self, state: Mapping) -> list[int]:
+    return [int(e) * n + int(p) for e, p, n in zip(state["epochs"], state["positions"], self._sizes)]
+
+  def set_state(self, state: Mapping) -> None:
+    self._check_state(state, "loader state", ("version", "domains", "seed", "batch_size", "sizes"))
     self.step = int(state["step"])
     self._weights = np.asarray(state["weights"], np.float64)
     self._residuals = np.asarray(state["residuals"], np.float64)
-    self._consumed = [int(e) * n + int(p) for e, p, n in zip(state["epochs"], state["positions"], self._sizes)]
+    self._consumed = self._consumed_from(state)
     self._history = [[int(s), list(w)] for s, w in state["weight_history"]]
 
   def continue_stream(self, state: Mapping) -> None:
     """Picks up another loader's stream (same seed and data) where it stopped: the rows it
     served are not served again. This loader keeps its own weights; with the same batch
     size and weights its batches are those the other loader would have served next."""
-    for key, want in (("version", STATE_VERSION), ("domains", self.domains), ("seed", self.seed),
-                      ("sizes", self._sizes)):
-      if state.get(key) != want:
-        raise JShearError(f"loader state to continue: expected {key}={want}, got {state.get(key)}")
+    self._check_state(state, "loader state to continue", ("version", "domains", "seed", "sizes"))
     self.step = int(state["step"])
-    self._consumed = [int(e) * n + int(p) for e, p, n in zip(state["epochs"], state["positions"], self._sizes)]
+    self._consumed = self._consumed_from(state)
     if state["batch_size"] == self.batch_size:
       self._residuals = np.asarray(state["residuals"], np.float64)
     self._history = [[self.step, self._weights.tolist()]]

@@ -165,16 +165,17 @@ def _shared_stream_start(ctx: Context, name: str):
   if not ctx.prune_trains:
     return None
   ck = os.path.join(ctx.workdir, "prune", "checkpoints")
-  if not os.path.isdir(ck) or not any(n.isdigit() for n in os.listdir(ck)):
-    _log.warning("data.stream=shared: no pruning-stage checkpoint in %s, so the continue "
-                 "stage starts the stream at its beginning (rows a pruning run elsewhere "
-                 "trained on may come again)", ctx.workdir)
-    return None
-  c = Checkpointer(ck)
+  c = Checkpointer(ck) if os.path.isdir(ck) else None
   try:
+    if c is None or c.latest_step() is None:
+      _log.warning("data.stream=shared: no pruning-stage checkpoint in %s, so the continue "
+                   "stage starts the stream at its beginning (rows a pruning run elsewhere "
+                   "trained on may come again)", ctx.workdir)
+      return None
     return c.read_extra()["loader"]
   finally:
-    c.close()
+    if c is not None:
+      c.close()
 
 
 def state_plan(ctx: Context, name: str, block, model_cfg: ModelConfig, prune: PruneSpec | None,
