@@ -72,6 +72,18 @@ def test_compare_two_methods(world, tmp_path):
       res["methods"]["layerchop-input"]["paired"]
   with pytest.raises(JShearError, match="has no finished model"):
     paired(cfg, str(tmp_path / "magnitude"), [str(tmp_path / "nothing")], 64)
+  # Over seeds: pairs (a, b) and (b, a) differ by +d and -d, so their mean is 0 and the
+  # standard error between them (sample std / sqrt(2)) is |d|.
+  from jshear.paired import over_seeds
+  lci, mag = str(tmp_path / "layerchop-input"), str(tmp_path / "magnitude")
+  d = res["methods"]["layerchop-input"]["paired"]["mean"]
+  ov = over_seeds(cfg, [(lci, mag), (mag, lci)], 64)
+  assert ov["n"] == 2 and [p["mean"] for p in ov["pairs"]] == pytest.approx([d, -d])
+  assert ov["mean"] == pytest.approx(0.0, abs=1e-12)
+  assert ov["se_between"] == pytest.approx(abs(d)) and abs(d) > 0
+  assert over_seeds(cfg, [(lci, mag)], 64)["se_between"] is None
+  with pytest.raises(JShearError, match="has no finished model"):
+    over_seeds(cfg, [(lci, mag), (str(tmp_path / "nothing"), mag)], 64)
 
   # The CLI reuses finished runs (no training: fast) and writes the same table.
   cfg_path = tmp_path / "cmp.py"
@@ -91,6 +103,16 @@ def test_compare_two_methods(world, tmp_path):
     again = json.load(f)
   assert again["methods"]["magnitude"]["eval"] == res["methods"]["magnitude"]["eval"]
   assert again["methods"]["magnitude"]["zero_shot"] == res["methods"]["magnitude"]["zero_shot"]
+  # jshear.paired over seeds from the command line (cached scores: fast); a malformed pair
+  # is one error line and exit 2.
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.path.join(REPO, "tests"))
+  cmd = [sys.executable, "-m", "jshear.paired", f"--config={cfg_path}"]
+  r = subprocess.run(cmd + [f"--pairs={lci}:{mag},{mag}:{lci}"], cwd=REPO, capture_output=True,
+                     text=True, env=env)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert f"mean over 2 seeds: +0.000 ± {abs(d):.3f}" in r.stdout
+  r = subprocess.run(cmd + [f"--pairs={lci}"], cwd=REPO, capture_output=True, text=True, env=env)
+  assert r.returncode == 2 and "is not RUN:BASELINE" in r.stderr, r.stderr[-2000:]
 
 
 @pytest.mark.parametrize("methods,pattern", [
