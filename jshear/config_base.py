@@ -61,6 +61,8 @@ def base_config() -> mlc.ConfigDict:
   c.init_from = ""              # jshear model dir to start the first stage from
   c.overwrite = False           # allow a workdir that holds a different run's config
   c.final_eval = True           # per-domain loss of the source and final models at the end
+  c.drop_checkpoints = False    # True: a finished run deletes its stages' checkpoints (train
+                                # state + loader position; jshear/train/cleanup.py)
 
   c.model = mlc.ConfigDict()
   c.model.source = ""           # HF dir, jshear model dir, or an asset name ("smollm2")

@@ -204,6 +204,37 @@ def test_a_shared_stream_gives_methods_the_same_rows(world, tmp_path):
   assert not os.path.exists(tmp_path / "bad")
 
 
+def test_drop_checkpoints_keeps_what_later_stages_read(world, tmp_path):
+  """drop_checkpoints=True: a finished run keeps no checkpoints, but a changed continue
+  stage still picks the shared stream up where pruning stopped, and a finalize that needs
+  the deleted pruning weights says so."""
+  from jshear.checkpoint import Checkpointer
+  from jshear.train.loop import stage_seed
+  cfg = _learned_config(world, steps=2)
+  cfg.data.stream, cfg.final_eval, cfg.drop_checkpoints = "shared", False, True
+  cfg.stages = "prune,finalize,continue"
+  cfg.prune.reweight_rule = cfg.continued.reweight_rule = "constant"
+  k = cfg.continued
+  k.steps, k.eval_every, k.ckpt_every, k.log_every = 2, 0, 2, 2
+  w = tmp_path / "w"
+  run(cfg, str(w))
+  assert not (w / "prune" / "checkpoints").exists()
+  assert not (w / "continue" / "checkpoints").exists()
+  assert (w / "continued" / "model_config.json").exists()
+  assert json.loads((w / "prune" / "stream_end.json").read_text())["step"] == 2
+  # A new continue config: the stage runs again from WORKDIR/pruned on the rows after the
+  # pruning stage's (its loader ends at step 4, not 2), keeping its checkpoints this time.
+  cfg.overwrite, cfg.drop_checkpoints, k.lr = True, False, k.lr / 2
+  run(cfg, str(w))
+  ck = Checkpointer(str(w / "continue" / "checkpoints"))
+  loader = ck.read_extra()["loader"]
+  ck.close()
+  assert loader["step"] == 4 and loader["seed"] == stage_seed(cfg, "prune")
+  (w / "finalize" / "DONE").unlink()
+  with pytest.raises(JShearError, match="holds no checkpoint"):
+    run(cfg, str(w))
+
+
 def test_a_new_method_in_a_finished_workdir_chooses_new_masks(world, tmp_path):
   cfg = _learned_config(world, steps=2)
   cfg.prune.method, cfg.final_eval = "magnitude", False

@@ -168,6 +168,10 @@ def _shared_stream_start(ctx: Context, name: str):
   c = Checkpointer(ck) if os.path.isdir(ck) else None
   try:
     if c is None or c.latest_step() is None:
+      from jshear.train.cleanup import read_stream_end
+      kept = read_stream_end(ctx.workdir)  # the checkpoints went with drop_checkpoints
+      if kept is not None:
+        return kept
       _log.warning("data.stream=shared: no pruning-stage checkpoint in %s, so the continue "
                    "stage starts the stream at its beginning (rows a pruning run elsewhere "
                    "trained on may come again)", ctx.workdir)
@@ -214,6 +218,11 @@ def restore_final_state(ctx: Context, name: str, block, model_cfg: ModelConfig,
   _, _, _, abstract, shardings = state_plan(ctx, name, block, model_cfg, prune, mask_groups)
   ckpt = checkpointer(ctx, name, block)
   try:
+    if ckpt.latest_step() is None:
+      raise JShearError(
+          f"stage {name} is done but {ckpt.directory} holds no checkpoint (deleted, e.g. by "
+          f"drop_checkpoints=True before a later stage needed it); run stage {name} again: "
+          f"delete {os.path.join(ctx.workdir, name, 'DONE')} or use a new --workdir")
     state, _ = ckpt.restore(abstract_like(abstract, shardings))
   finally:
     ckpt.close()

@@ -41,7 +41,7 @@ from jshear.train.stages import source as source_mod
 
 _log = logging.getLogger(__name__)
 # Keys that may differ between invocations on one workdir (everything else must match).
-_RESUMABLE_KEYS = ("stages", "overwrite", "init_from")
+_RESUMABLE_KEYS = ("stages", "overwrite", "init_from", "drop_checkpoints")
 # Config blocks that only the named stage (and stages after it) depend on.
 _STAGE_BLOCKS = {"pretrain": ("pretrain",), "prune": ("prune",), "finalize": (),
                  "continue": ("continued", "distill"), "export": ("export",)}
@@ -298,6 +298,9 @@ def _run_stages(ctx: RunContext, model: Model) -> dict:
     out["eval"] = _final_eval(ctx, model)
   out["tokens_per_s"] = _stage_throughput(ctx.writer.path)
   write_json_atomic(os.path.join(workdir, "summary.json"), out)
+  if cfg.drop_checkpoints:
+    from jshear.train import cleanup
+    cleanup.drop(workdir, STAGES, lambda s: _is_done(cfg, workdir, s))
   return out
 
 

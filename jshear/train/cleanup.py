@@ -1,0 +1,65 @@
+"""`drop_checkpoints=True`: a finished run deletes its training checkpoints.
+
+A stage's checkpoints are the train state (weights plus optimizer moments, ~3x the model)
+and the data loader's position. Once the run is done they are needed only to resume it, so
+they can go. Two readers outlive their stage and are kept whole:
+  - finalize restores the pruning stage's trained weights, so the pruning checkpoints go
+    only when finalize is done too;
+  - with data.stream=shared the continue stage starts where the pruning stage's stream
+    stopped, so that position is kept in WORKDIR/prune/stream_end.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+
+import jax
+
+from jshear import distributed
+from jshear.checkpoint import Checkpointer
+from jshear.train.stages.common import write_json_atomic
+
+_log = logging.getLogger(__name__)
+# Stages whose checkpoints another stage reads after they are done.
+_READ_BY = {"prune": "finalize"}
+
+
+def stream_end_path(workdir: str) -> str:
+  return os.path.join(workdir, "prune", "stream_end.json")
+
+
+def read_stream_end(workdir: str) -> dict | None:
+  """The pruning stage's final loader state kept by `drop`, or None."""
+  path = stream_end_path(workdir)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def drop(workdir: str, stages, is_done) -> list[str]:
+  """Deletes the checkpoints of every done stage whose reader is done too; returns the
+  checkpoint dirs deleted. `is_done(stage)` says whether a stage is finished."""
+  dropped = []
+  for stage in stages:
+    ck = os.path.join(workdir, stage, "checkpoints")
+    reader = _READ_BY.get(stage)
+    if not os.path.isdir(ck) or not is_done(stage) or (reader and not is_done(reader)):
+      continue
+    if stage == "prune":
+      c = Checkpointer(ck)
+      try:
+        if c.latest_step() is not None:
+          write_json_atomic(stream_end_path(workdir), c.read_extra()["loader"])
+      finally:
+        c.close()
+    distributed.barrier(f"drop-{stage}")  # every process has read before process 0 deletes
+    if jax.process_index() == 0:
+      shutil.rmtree(ck)
+    dropped.append(ck)
+  if dropped:
+    _log.info("drop_checkpoints: deleted %s", dropped)
+  return dropped
