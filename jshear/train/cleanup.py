@@ -2,7 +2,7 @@
 
 A stage's checkpoints are the train state (weights plus optimizer moments, ~3x the model)
 and the data loader's position. Once the run is done they are needed only to resume it, so
-they can go. Two readers outlive their stage and are kept whole:
+they can go, except for two readers that outlive their stage:
   - finalize restores the pruning stage's trained weights, so the pruning checkpoints go
     only when finalize is done too;
   - with data.stream=shared the continue stage starts where the pruning stage's stream
