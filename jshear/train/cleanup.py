@@ -11,7 +11,6 @@ they can go, except for two readers that outlive their stage:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -20,24 +19,12 @@ import jax
 
 from jshear import distributed
 from jshear.checkpoint import Checkpointer
+from jshear.train.loop import stream_end_path
 from jshear.train.stages.common import write_json_atomic
 
 _log = logging.getLogger(__name__)
 # Stages whose checkpoints another stage reads after they are done.
 _READ_BY = {"prune": "finalize"}
-
-
-def stream_end_path(workdir: str) -> str:
-  return os.path.join(workdir, "prune", "stream_end.json")
-
-
-def read_stream_end(workdir: str) -> dict | None:
-  """The pruning stage's final loader state kept by `drop`, or None."""
-  path = stream_end_path(workdir)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
 
 
 def drop(workdir: str, stages, is_done) -> list[str]:

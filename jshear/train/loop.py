@@ -7,6 +7,7 @@ Resumable: the loop restores the latest checkpoint of its stage (train state + l
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -157,6 +158,19 @@ def data_seed(cfg, name: str) -> int:
   return stage_seed(cfg, name)
 
 
+def stream_end_path(workdir: str) -> str:
+  """Where `drop_checkpoints` keeps the pruning stage's final loader state."""
+  return os.path.join(workdir, "prune", "stream_end.json")
+
+
+def _read_stream_end(workdir: str) -> dict | None:
+  path = stream_end_path(workdir)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
 def _shared_stream_start(ctx: Context, name: str):
   """With data.stream=shared, the loader state the continue stage picks up: where this
   workdir's pruning stage stopped (None: the stream's start)."""
@@ -168,8 +182,7 @@ def _shared_stream_start(ctx: Context, name: str):
   c = Checkpointer(ck) if os.path.isdir(ck) else None
   try:
     if c is None or c.latest_step() is None:
-      from jshear.train.cleanup import read_stream_end
-      kept = read_stream_end(ctx.workdir)  # the checkpoints went with drop_checkpoints
+      kept = _read_stream_end(ctx.workdir)  # the checkpoints went with drop_checkpoints
       if kept is not None:
         return kept
       _log.warning("data.stream=shared: no pruning-stage checkpoint in %s, so the continue "
