@@ -217,3 +217,40 @@ def test_zero_weight_lr_keeps_mask_and_lambda_updates_finite():
   assert np.all(np.isfinite(np.asarray(la2))) and not np.array_equal(la0, la2)
   for a, b in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(new["params"])):
     np.testing.assert_array_equal(a, b)  # lr 0: weights stay
+
+
+def test_deterministic_gate_forward_trains_the_kept_masks_with_straight_through_grads():
+  from jshear.model.transformer import forward
+  from jshear.prune import hard_concrete
+  from jshear.prune.state import eval_masks
+  from jshear.train.loss import nll_sum
+  ps = _prune_state()
+  la = {g: jnp.asarray(np.random.default_rng(7).uniform(-3, 3, a.shape), jnp.float32)
+        for g, a in ps.log_alpha.items()}
+  ps = ps.replace(log_alpha=la)
+  state = init_state(init_params(CFG, jax.random.key(0)), optax.sgd(1.0), 0, prune=ps)
+  batch = _batch(5)
+  step = jax.jit(make_train_step(CFG, optax.sgd(1.0), grad_accum=2,
+                                 gate_forward="deterministic"))
+  new, m = step(state, batch)
+  # By hand: the loss of the deterministic masks, and its gradient on each mask entry
+  # times the soft score's slope (dropped entries too).
+  masks = eval_masks(ps)
+  tb = {k: jnp.asarray(v) for k, v in batch.items()}
+  def loss(mk):
+    logits = forward(state["params"], tb["tokens"], mk, cfg=CFG, positions=tb["positions"],
+                     segment_ids=tb["segment_ids"])
+    return nll_sum(logits, tb)[0] / m["tokens"]
+  np.testing.assert_allclose(float(m["lm_loss"]), float(loss(masks)), rtol=1e-5)
+  g_mask = jax.grad(loss)(masks)
+  for g in la:
+    slope = jax.vmap(jax.grad(hard_concrete.deterministic_score))(la[g].ravel())
+    want = la[g] - g_mask[g] * slope.reshape(la[g].shape)  # one SGD step at lr 1
+    dropped = np.asarray(masks[g]) == 0
+    if g == "intermediate":  # a dropped hidden channel is masked where it is written and
+      # where it is read, so its slope at 0 is 0; a dropped MLP unit's is not
+      assert dropped.any() and np.abs(np.asarray(g_mask[g]))[dropped].min() > 0
+    np.testing.assert_allclose(np.asarray(new["prune"].log_alpha[g]), np.asarray(want),
+                               rtol=1e-4, atol=1e-6)
+  with pytest.raises(ValueError, match="gate_forward"):
+    make_train_step(CFG, optax.sgd(1.0), gate_forward="hard")

@@ -40,10 +40,13 @@ MASK_INITS = ("uniform", "importance")
 
 
 def check_config(p) -> None:
-  from jshear.train.step import SIZE_CONTROLS
+  from jshear.train.step import GATE_FORWARDS, SIZE_CONTROLS
   if p.size_control not in SIZE_CONTROLS:
     raise JShearError(f"config.prune.size_control={p.size_control!r} (known: "
                       f"{list(SIZE_CONTROLS)})")
+  if p.gate_forward not in GATE_FORWARDS:
+    raise JShearError(f"config.prune.gate_forward={p.gate_forward!r} (known: "
+                      f"{list(GATE_FORWARDS)})")
   if p.mask_init not in MASK_INITS:
     raise JShearError(f"config.prune.mask_init={p.mask_init!r} (known: {list(MASK_INITS)})")
   if not p.mask_init_spread > 0:

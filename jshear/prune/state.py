@@ -137,6 +137,22 @@ def sample_masks(state: PruneState, rng: jax.Array, step, micro=0) -> dict:
           for g, la in state.log_alpha.items()}
 
 
+def straight_through_masks(state: PruneState) -> dict:
+  """prune.gate_forward=deterministic: the forward uses the deterministic masks finalize
+  would keep now (eval_masks: exactly the target, no noise), and the gradient reaches every
+  gate logit through the soft score sigmoid(0.8 log_alpha / beta), straight through the
+  top-k cut. Kept entries carry that score, so their gradient is exact; a dropped entry's
+  is the loss's slope for switching its unit on (with the source's weights), times the
+  score's slope. The weights therefore train the sub-network they will keep, while gates
+  near the cut still reorder by what the loss says. (A dropped hidden channel gets no
+  gradient: the mask scales it where it is written and where it is read, so the loss is
+  flat in it at 0. MLP units, heads, KV groups and layers do get one.)"""
+  hard = eval_masks(state)
+  soft = jax.tree.map(hard_concrete.deterministic_score, state.log_alpha)
+  return {g: jax.lax.stop_gradient(hard[g]) + soft[g] - jax.lax.stop_gradient(soft[g])
+          for g in hard}
+
+
 def binary_groups(src: ModelConfig) -> tuple[str, ...]:
   """Groups whose deterministic masks keep units at 1 rather than their soft score: the
   hidden mask of a tied source, so that finalize keeps the embedding tied (a soft hidden

@@ -322,6 +322,7 @@ def train_stage(ctx: Context, name: str, block, model_cfg: ModelConfig, params_h
                       compute_dtype=compute_dtype,
                       prune_warmup_steps=prune.warmup_steps if prune else 0,
                       size_control=cfg.prune.size_control if prune else "lagrangian",
+                      gate_forward=cfg.prune.gate_forward if prune else "sample",
                       micro_sharding=lambda nd: jax.sharding.NamedSharding(
                           mesh, jax.sharding.PartitionSpec(None, ("data", "fsdp"),
                                                            *([None] * (nd - 2)))),

@@ -21,10 +21,13 @@ from jshear.model.config import ModelConfig
 from jshear.model.transformer import forward
 from jshear.prune.lagrangian import lagrangian, target_sparsity
 from jshear.prune.projection import project
-from jshear.prune.state import sample_masks
+from jshear.prune.state import sample_masks, straight_through_masks
 from jshear.train.loss import nll_sum, per_row_nll, token_targets
 
 SIZE_CONTROLS = ("lagrangian", "projection")
+# What the learned gates put in the training forward: a hard-concrete sample (reference) or
+# the deterministic masks with straight-through gradients (`straight_through_masks`).
+GATE_FORWARDS = ("sample", "deterministic")
 
 
 
@@ -59,19 +62,24 @@ def split_micro(batch: dict, n: int, micro_sharding=None) -> dict:
 
 def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, *,
                     grad_accum: int = 1, compute_dtype=None, prune_warmup_steps: int = 0,
-                    micro_sharding=None, distill=None, size_control: str = "lagrangian"):
+                    micro_sharding=None, distill=None, size_control: str = "lagrangian",
+                    gate_forward: str = "sample"):
   """Returns step(state, batch) -> (state, metrics). Batch: tokens, segment_ids, positions
   [B, T] (domain etc. are ignored). With `distill` (a `jshear.distill.Distiller`) the step
   is step(state, batch, teachers), teachers a list of teacher param trees.
   `size_control` (learned masks): "lagrangian" adds the penalty and trains the multipliers;
   "projection" shifts the gate logits to the warmed-up target after every update
-  (`jshear.prune.projection`) and leaves the penalty out."""
+  (`jshear.prune.projection`) and leaves the penalty out. `gate_forward`: see GATE_FORWARDS."""
   if size_control not in SIZE_CONTROLS:
     raise ValueError(f"size_control must be one of {SIZE_CONTROLS}, got {size_control!r}")
+  if gate_forward not in GATE_FORWARDS:
+    raise ValueError(f"gate_forward must be one of {GATE_FORWARDS}, got {gate_forward!r}")
 
   def micro_loss(trainable, mb, step, micro, mask_rng, total_tokens, teachers, fixed):
     masks, ste = fixed if fixed is not None else (None, None)
-    if "prune" in trainable:  # a fresh gate sample per micro-batch (per forward pass)
+    if "prune" in trainable and gate_forward == "deterministic":
+      masks = straight_through_masks(trainable["prune"])
+    elif "prune" in trainable:  # a fresh gate sample per micro-batch (per forward pass)
       masks = sample_masks(trainable["prune"], mask_rng, step, micro)
     want_hidden = distill is not None and distill.needs_hidden
     out = forward(trainable["params"], mb["tokens"], masks, cfg=cfg,
