@@ -21,8 +21,9 @@ assets: $(STAMP)
 	$(PY) -m jshear.assets fetch
 
 # Tests run with 8 fake CPU devices so sharded code paths are exercised (tests/conftest.py).
+# Two workers (pytest-xdist), each taking whole files, so module fixtures are built once.
 test: setup
-	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest tests
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest tests -n 2 --dist loadfile
 
 demo: setup
 	$(PY) -m jshear.train --config=configs/demo.py --workdir=runs/demo
