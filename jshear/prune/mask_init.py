@@ -24,7 +24,9 @@ start with logits from +band_width down to -band_width by rank (in the groups of
 prune.mask_init_band_groups: a fractional hidden channel scales the residual stream in
 every layer, a fractional MLP unit one product). Those gates are fractional in a sizeable
 share of samples, so the LM gradient can reorder them across the cut; the units the scores
-are sure of stay settled.
+are sure of stay settled. Sampled gates in transition also put noise into the forward the
+weights train on; prune.gate_forward=deterministic trains on the masks finalize would keep
+and passes the gates' gradients straight through the cut instead (jshear/prune/state.py).
 """
 
 from __future__ import annotations
