@@ -120,7 +120,7 @@ def base_config() -> mlc.ConfigDict:
   c.prune.mask_init_band_width = 3.0  # either side of the cut start in (-width, +width)
   c.prune.mask_init_band_groups = ""  # the groups with a band ("": all)
   # sample (reference): the training forward uses a hard-concrete gate sample; deterministic:
-  # the masks finalize would keep, gradients straight through (jshear/prune/state.py).
+  # the 0/1 masks finalize would keep, gradients straight through (jshear/prune/state.py).
   c.prune.gate_forward = "sample"
   c.prune.target_warmup_steps = 640
   # True: the pruning and continue stages follow one lr schedule over prune.steps +

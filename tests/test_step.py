@@ -227,7 +227,7 @@ def test_deterministic_gate_forward_trains_the_kept_masks_with_straight_through_
   ps = _prune_state()
   la = {g: jnp.asarray(np.random.default_rng(7).uniform(-3, 3, a.shape), jnp.float32)
         for g, a in ps.log_alpha.items()}
-  ps = ps.replace(log_alpha=la)
+  ps = ps.replace(log_alpha=la, binary_masks=True)  # as the pipeline pairs them
   state = init_state(init_params(CFG, jax.random.key(0)), optax.sgd(1.0), 0, prune=ps)
   batch = _batch(5)
   step = jax.jit(make_train_step(CFG, optax.sgd(1.0), grad_accum=2,
@@ -236,6 +236,7 @@ def test_deterministic_gate_forward_trains_the_kept_masks_with_straight_through_
   # By hand: the loss of the deterministic masks, and its gradient on each mask entry
   # times the soft score's slope (dropped entries too).
   masks = eval_masks(ps)
+  assert all(set(np.unique(np.asarray(v))) == {0.0, 1.0} for v in masks.values())
   tb = {k: jnp.asarray(v) for k, v in batch.items()}
   def loss(mk):
     logits = forward(state["params"], tb["tokens"], mk, cfg=CFG, positions=tb["positions"],

@@ -53,6 +53,10 @@ class PruneState:
   # bounds let settled gates be (nearly) deterministic.
   bounds: tuple = struct.field(pytree_node=False,
                                default=(hard_concrete.LOG_ALPHA_MIN, hard_concrete.LOG_ALPHA_MAX))
+  # Deterministic masks keep units at 1, not at their soft score (prune.gate_forward=
+  # deterministic: the forward trains on them, and a band unit kept at score 0.5 would be
+  # half a unit in every step).
+  binary_masks: bool = struct.field(pytree_node=False, default=False)
 
   def clamped(self, new_log_alpha: dict) -> "PruneState":
     """This state with `new_log_alpha` clamped, the part cut off added to clamp_excess."""
@@ -78,7 +82,8 @@ def lambda_shape(src: ModelConfig, group: str, constraint: str) -> tuple[int, ..
 def init_prune_state(src: ModelConfig, target: TargetShape, groups: Sequence[str],
                      rng: jax.Array, constraint: str = "layer_mean",
                      mean: float = 5.0, std: float = 0.01,
-                     log_alpha: dict | None = None, bounds=None) -> PruneState:
+                     log_alpha: dict | None = None, bounds=None,
+                     binary_masks: bool = False) -> PruneState:
   """Fresh state: log_alpha ~ N(mean, std) then clamped (model intact), or the given
   `log_alpha` (e.g. from importance scores, `jshear.prune.mask_init`); lambdas zero."""
   bounds = (hard_concrete.LOG_ALPHA_MIN, hard_concrete.LOG_ALPHA_MAX) if bounds is None else \
@@ -104,7 +109,7 @@ def init_prune_state(src: ModelConfig, target: TargetShape, groups: Sequence[str
                                         for g in groups}, bounds)
   excess = jax.tree.map(jnp.zeros_like, la)
   state = PruneState(la, lambda1, lambda2, excess, {}, src=src, target=target,
-                     constraint=constraint, bounds=tuple(bounds))
+                     constraint=constraint, bounds=tuple(bounds), binary_masks=binary_masks)
   start = expected_sparsity(state)  # shaped like the constraint: [L] or scalar per group
   if log_alpha is None:
     start = jax.tree.map(jnp.zeros_like, start)
@@ -141,9 +146,9 @@ def straight_through_masks(state: PruneState) -> dict:
   """prune.gate_forward=deterministic: the forward uses the deterministic masks finalize
   would keep now (eval_masks: exactly the target, no noise), and the gradient reaches every
   gate logit through the soft score sigmoid(0.8 log_alpha / beta), straight through the
-  top-k cut. Kept entries carry that score, so their gradient is exact; a dropped entry's
-  is the loss's slope for switching its unit on (with the source's weights), times the
-  score's slope. The weights therefore train the sub-network they will keep, while gates
+  top-k cut: an entry's gradient is the loss's slope in its mask value times the score's
+  slope, for a dropped unit the slope for switching it on (with the source's weights). The
+  pipeline pairs it with binary_masks, so kept units are whole units in the forward. The weights therefore train the sub-network they will keep, while gates
   near the cut still reorder by what the loss says. (A dropped hidden channel gets no
   gradient: the mask scales it where it is written and where it is read, so the loss is
   flat in it at 0. MLP units, heads, KV groups and layers do get one.)"""
@@ -162,10 +167,11 @@ def binary_groups(src: ModelConfig) -> tuple[str, ...]:
 
 
 def eval_masks(state: PruneState) -> dict:
-  """Deterministic masks with exactly the target kept, kept entries at their soft score
-  (ranked by the unclamped logits, see PruneState.clamp_excess)."""
+  """Deterministic masks with exactly the target kept, kept entries at their soft score or
+  1 (PruneState.binary_masks), ranked by the unclamped logits (PruneState.clamp_excess)."""
   return deterministic_masks(state.ranking(), state.src, state.target,
-                             soft_from=state.log_alpha, binary_groups=binary_groups(state.src))
+                             binary=state.binary_masks, soft_from=state.log_alpha,
+                             binary_groups=binary_groups(state.src))
 
 
 def probs(state: PruneState) -> dict:

@@ -207,7 +207,8 @@ def state_plan(ctx: Context, name: str, block, model_cfg: ModelConfig, prune: Pr
     prune_state = init_prune_state(model_cfg, prune.target, prune.groups,
                                    jax.random.key(cfg.seed + 17), prune.constraint,
                                    log_alpha=init_log_alpha() if init_log_alpha else None,
-                                   bounds=tuple(cfg.prune.log_alpha_bounds))
+                                   bounds=tuple(cfg.prune.log_alpha_bounds),
+                                   binary_masks=cfg.prune.gate_forward == "deterministic")
   seed = stage_seed(cfg, name)
   fixed = None
   if mask_groups:
