@@ -104,8 +104,27 @@ def test_tied_source_finalizes_to_the_model_evaluated_at_the_end_of_pruning(tmp_
   cfg = _learned_config(world, steps=6, recipe=False)  # soft kept values: the harder case
   workdir = str(tmp_path / "run")
   run(cfg, workdir)
+  assert load_any(world["hf"], cfg).cfg.tie_embeddings
+  saved = _finalized_is_the_last_evaluated(world, cfg, workdir)
+  assert set(np.unique(saved["hidden"])) <= {0.0, 1.0}  # kept hidden channels at 1: tie kept
+  assert len(np.unique(saved["intermediate"])) > 2  # the other groups keep soft values
+
+
+def test_straight_through_gates_train_and_finalize_whole_units(world, tmp_path):
+  cfg = _learned_config(world, steps=6)
+  cfg.prune.update(gate_forward="deterministic", mask_init_band=0.25,
+                   mask_init_band_groups="intermediate")
+  workdir = str(tmp_path / "run")
+  run(cfg, workdir)
+  saved = _finalized_is_the_last_evaluated(world, cfg, workdir)
+  for g in saved:  # the band's kept units would be at scores 0.5-0.97 otherwise
+    assert set(np.unique(saved[g])) == {0.0, 1.0}, g
+
+
+def _finalized_is_the_last_evaluated(world, cfg, workdir):
+  """Asserts that the saved masks are the end-of-pruning deterministic masks and the
+  finalized model's logits equal the masked model's; returns the saved masks."""
   src = load_any(world["hf"], cfg)
-  assert src.cfg.tie_embeddings
   mesh = shd.make_mesh(dict(cfg.mesh.ici), dict(cfg.mesh.dcn))
   with jax.set_mesh(mesh):
     ctx = Context(cfg=cfg, workdir=workdir, mesh=mesh, writer=None, data_dir=world["data"])
@@ -116,13 +135,14 @@ def test_tied_source_finalizes_to_the_model_evaluated_at_the_end_of_pruning(tmp_
   saved = np.load(os.path.join(workdir, "masks", "masks.npz"))
   for g, m in masks.items():  # what finalize reads is what the evaluations used
     np.testing.assert_array_equal(saved[g], np.asarray(m))
-  assert set(np.unique(saved["hidden"])) <= {0.0, 1.0}  # kept hidden channels at 1: tie kept
   tokens, seg, pos = _batch(world)
   masked = forward(params, tokens, masks, cfg=src.cfg, positions=pos, segment_ids=seg)
   pcfg, pparams = model_io.load_model(os.path.join(workdir, "pruned"))
-  assert pcfg.tie_embeddings and "lm_head" not in pparams
+  assert pcfg.tie_embeddings == src.cfg.tie_embeddings
+  assert pcfg.tie_embeddings == ("lm_head" not in pparams)
   final = forward(pparams, tokens, None, cfg=pcfg, positions=pos, segment_ids=seg)
   np.testing.assert_allclose(np.asarray(final), np.asarray(masked), atol=1e-5, rtol=0)
+  return {g: saved[g] for g in saved.files}
 
 
 def _continue_config(world, pruned, **distill):
