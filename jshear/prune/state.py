@@ -148,8 +148,8 @@ def straight_through_masks(state: PruneState) -> dict:
   gate logit through the soft score sigmoid(0.8 log_alpha / beta), straight through the
   top-k cut: an entry's gradient is the loss's slope in its mask value times the score's
   slope, for a dropped unit the slope for switching it on (with the source's weights). The
-  pipeline pairs it with binary_masks, so kept units are whole units in the forward. The weights therefore train the sub-network they will keep, while gates
-  near the cut still reorder by what the loss says. (A dropped hidden channel gets no
+  pipeline pairs it with binary_masks, so the weights train the whole units they will keep,
+  while gates near the cut still reorder by what the loss says. (A dropped hidden channel gets no
   gradient: the mask scales it where it is written and where it is read, so the loss is
   flat in it at 0. MLP units, heads, KV groups and layers do get one.)"""
   hard = eval_masks(state)
