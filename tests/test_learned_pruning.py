@@ -18,6 +18,7 @@ from jshear import sharding as shd
 from jshear.errors import JShearError
 from jshear.metrics import read_metrics
 from jshear.model.transformer import forward
+from jshear.prune.deterministic import deterministic_masks
 from jshear.train.loop import Context, restore_final_state
 from jshear.train.pipeline import run
 from jshear.train.stages.choosers import prune_spec
@@ -119,6 +120,16 @@ def test_straight_through_gates_train_and_finalize_whole_units(world, tmp_path):
   saved = _finalized_is_the_last_evaluated(world, cfg, workdir)
   for g in saved:  # the band's kept units would be at scores 0.5-0.97 otherwise
     assert set(np.unique(saved[g])) == {0.0, 1.0}, g
+  # The logged flips count every unit that changed sides: at least those whose final side
+  # differs from the start (importance's choice, which the band starts from).
+  src = load_any(world["hf"], cfg)
+  scores = np.load(os.path.join(workdir, "scores.npz"))
+  start = deterministic_masks({"intermediate": scores["intermediate"]}, src.cfg,
+                              prune_spec(cfg, src.cfg).target, binary=True)["intermediate"]
+  crossed = int(np.sum((np.asarray(start) > 0) != (saved["intermediate"] > 0)))
+  flips = [r["prune/intermediate/flips"] for r in read_metrics(workdir)
+           if r["stage"] == "prune" and "lm_loss" in r]
+  assert len(flips) == 6 and crossed > 0 and sum(flips) >= crossed, (flips, crossed)
 
 
 def _finalized_is_the_last_evaluated(world, cfg, workdir):

@@ -174,6 +174,13 @@ def eval_masks(state: PruneState) -> dict:
                              binary_groups=binary_groups(state.src))
 
 
+def kept_units(state: PruneState) -> dict:
+  """{group: bool numpy array}: which units the deterministic masks keep now. Pass a host
+  copy of the state (the pruning loop counts how many units change sides between logs)."""
+  return {g: np.asarray(m) > 0 for g, m in
+          deterministic_masks(state.ranking(), state.src, state.target, binary=True).items()}
+
+
 def probs(state: PruneState) -> dict:
   """P(z != 0) per gate."""
   return jax.tree.map(hard_concrete.prob_nonzero, state.log_alpha)

@@ -28,7 +28,7 @@ from jshear.model.config import ModelConfig
 from jshear.model.masks import mask_shapes
 from jshear.model.params import abstract_params
 from jshear.optim import build_optimizer, schedule_fn, stage_span
-from jshear.prune.state import eval_masks, init_prune_state
+from jshear.prune.state import eval_masks, init_prune_state, kept_units
 from jshear.train.loss import per_row_nll
 from jshear.model.transformer import forward
 from jshear.train.state_sharding import put_global, state_shardings
@@ -342,6 +342,10 @@ def train_stage(ctx: Context, name: str, block, model_cfg: ModelConfig, params_h
   lr = schedule_fn(block, block.steps, _span(ctx, name))
   fpt = model_flops_per_token(model_cfg) + attention_flops_per_token(model_cfg, cfg.data.seq_len)
 
+  # Units whose deterministic keep/drop changed since the last log (prune/<group>/flips):
+  # whether learned gates are still choosing, or have settled.
+  kept_host = lambda: kept_units(jax.tree.map(shd.to_host, state["prune"]))
+  kept_before = kept_host() if prune else None
   start = int(shd.to_host(state["step"]))
   bar = tqdm(total=block.steps, initial=start, desc=name, disable=jax.process_index() != 0,
              dynamic_ncols=True, mininterval=2.0)
@@ -379,6 +383,11 @@ def train_stage(ctx: Context, name: str, block, model_cfg: ModelConfig, params_h
                   "model_tflops_per_s": tps * fpt / 1e12, "compile_s": compile_s})
       rec.update({f"data/weight/{d}": w for d, w in loader.weights.items()})
       rec.update({f"data/rows/{d}": int(n) for d, n in zip(domains, domain_rows)})
+      if prune:
+        kept_now = kept_host()
+        rec.update({f"prune/{g}/flips": int(np.sum(kept_now[g] != kept_before[g]))
+                    for g in kept_now})
+        kept_before = kept_now
       ctx.writer.write(name, done, rec)
       bar.set_postfix(loss=f"{float(m['lm_loss']):.3f}", tok_s=f"{tps:.0f}",
                       tflops=f"{tps * fpt / 1e12:.3g}")
