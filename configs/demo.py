@@ -4,7 +4,8 @@ registry corpus, in about 10 minutes on 2 CPU cores. `make demo` runs it.
 
 Budgets are tiny (tens of steps); the continue stage distils from the source for its first
 half. Learned pruning uses the small-budget recipe (gates
-initialised from importance ranks, wide clamp bounds, sizes held by projection); the
+initialised from importance ranks, wide clamp bounds, sizes held by projection, straight-
+through gates on a band of MLP units near the cut); the
 README reports what the demo reaches and why the reference settings do not at this budget.
 """
 
@@ -34,6 +35,14 @@ def get_config():
   p.log_alpha_bounds = (-20.0, 20.0)
   p.size_control = "projection"
   p.target_warmup_steps = 0
+  # Let the gates choose: the 10% of MLP units nearest the cut start in transition, the
+  # forward trains the whole units finalize would keep (gradients straight through the
+  # top-k), and mask lr 0.1 makes a unit cross only on gradients that agree over many
+  # batches. 120 pruning steps: -0.005 +- 0.002 against the same recipe without the band and
+  # -0.010 +- 0.002 against importance (3 seeds); at 30 steps +0.001 +- 0.001 (README,
+  # "Straight-through gates").
+  p.mask_init_band, p.mask_init_band_groups = 0.1, "intermediate"
+  p.gate_forward, p.mask_lr = "deterministic", 0.1
   p.calib_rows, p.calib_batch = 16, 4
   p.target.update(num_layers=20, num_heads=6, num_kv_heads=2, hidden_size=384,
                   intermediate_size=1024)
