@@ -389,13 +389,18 @@ def write_report(workdir: str, out_dir: str | None = None) -> dict:
     md += ["|domain|final weight|", "|---|---:|"] + [f"|{d}|{_fmt(w, 4)}|" for d, w in last.items()] + [""]
   if "prune_sizes.png" in made:
     md += ["## Pruning: expected size vs target", "", "![prune sizes](prune_sizes.png)", "",
-           "|group|final expected|final target|lambda1|lambda2|", "|---|---:|---:|---:|---:|"]
+           "|group|final expected|final target|lambda1|lambda2|units flipped|",
+           "|---|---:|---:|---:|---:|---:|"]
     for g in prune_groups(recs):
       vals = []
       for k in ("expected_size", "target_size", "lambda1", "lambda2"):
         _, ys = _series(recs, x, f"prune/{g}/{k}")
         vals.append(None if ys is None else float(ys[-1]))
-      md.append(f"|{g}|{_fmt(vals[0], 1)}|{_fmt(vals[1], 1)}|{_fmt(vals[2])}|{_fmt(vals[3])}|")
+      # Side changes of the deterministic masks, summed over the logs: do the gates choose?
+      _, flips = _series(recs, x, f"prune/{g}/flips")
+      flipped = "-" if flips is None else str(int(np.sum(flips)))
+      md.append(f"|{g}|{_fmt(vals[0], 1)}|{_fmt(vals[1], 1)}|{_fmt(vals[2])}|{_fmt(vals[3])}"
+                f"|{flipped}|")
     md.append("")
   if "masks.png" in made:
     md += ["## Surviving structure", "", f"From `{os.path.relpath(mask_path, workdir)}`.", "",

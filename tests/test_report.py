@@ -22,7 +22,8 @@ def _workdir(tmp_path):
       if stage == "prune":
         r.update({"loss": r["lm_loss"] + 0.1, "lagrangian": 0.1,
                   "prune/head/expected_size": 8 - step / 10, "prune/head/target_size": 4.0,
-                  "prune/head/lambda1": 0.01 * step, "prune/layer/expected_size": 2.0,
+                  "prune/head/lambda1": 0.01 * step, "prune/head/flips": step // 10,
+                  "prune/layer/expected_size": 2.0,
                   "prune/layer/target_size": 1.0})           # layer has no lambdas: tolerated
       if step % 20 == 0:
         r.update({"eval/wiki/loss": 3.0 - step / 200, "eval/github/loss": 2.0 - step / 300})
@@ -54,6 +55,8 @@ def test_report_writes_all_plots(tmp_path):
     assert section in md, section
   assert "|piqa|acc_norm|61.0|51.0|" in md             # primary metric, before -> after
   assert "|head|[2, 4]|5/8|3, 2|" in md
+  rows = {l.split("|")[1]: l for l in md.splitlines() if l.startswith("|") and l.count("|") == 7}
+  assert rows["head"].endswith("|10|") and rows["layer"].endswith("|-|")  # flips 1+2+3+4
 
 
 def test_report_tolerates_an_empty_workdir(tmp_path, capsys):
