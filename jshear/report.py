@@ -5,7 +5,7 @@
 Reads (each optional; whatever is missing is said in the report, not an error):
   WORKDIR/metrics.jsonl        one JSON record per line: stage, step, lm_loss, loss,
                                lagrangian, prune/<group>/{expected_size,target_size,lambda1,
-                               lambda2}, eval/<domain>/loss, data/weight/<domain>, ...
+                               lambda2,flips}, eval/<domain>/loss, data/weight/<domain>, ...
   WORKDIR/masks/binary_masks.npz or masks.npz   final masks by group: layer [L], head [L, H],
                                kv [L, KV], intermediate [L, I], hidden [D] (non-zero = kept)
   WORKDIR/eval/*.json          zero-shot results (lm-eval layout, `python -m jshear.eval tasks
