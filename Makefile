@@ -27,8 +27,8 @@ test: setup
 
 demo: setup
 	$(PY) -m jshear.train --config=configs/demo.py --workdir=runs/demo
-	$(PY) -m jshear.generate --model=runs/demo/hf --prompt="The GNU General Public License" --max-new-tokens=32 --temperature=1.0 --seed=1
-	$(PY) -m jshear.report runs/demo
+	$(PY) -m jshear.eval.generate --model=runs/demo/hf --prompt="The GNU General Public License" --max-new-tokens=32 --temperature=1.0 --seed=1
+	$(PY) -m jshear.eval.report runs/demo
 
 bench: setup
 	for b in bench/*.py; do $(PY) $$b --small || exit 1; done

@@ -15,7 +15,7 @@ without stopping the rest:
   4 train_step    MFU of the continued-pretraining and pruning steps of a 1.3B LLaMA shape
                   (Sheared-LLaMA-1.3B's) and of the SmolLM2-135M step, random weights, bf16
                   compute; each step in its own process, so its peak memory is its own
-  5 planner       jshear.plan's estimate (CPU, ahead of time, as users run it) vs the
+  5 planner       jshear.train.plan's estimate (CPU, ahead of time, as users run it) vs the
                   measured peak device memory of the same steps
 Targets are printed next to the figures, not asserted.
 """
@@ -57,7 +57,7 @@ def sizes(smoke: bool) -> dict:
 def step_specs(smoke: bool) -> dict:
   """name -> (model config, batch, seq, prune groups, prune target). Random weights only."""
   from jshear.model.config import ModelConfig
-  from jshear.plan import SOURCE_SHAPES
+  from jshear.train.plan import SOURCE_SHAPES
   from jshear.prune.targets import TargetShape
   groups = ("layer", "head", "intermediate", "hidden")
   if smoke:
@@ -511,8 +511,8 @@ def worker_step(names, smoke):
 
 
 def worker_plan(names, smoke):
-  """jshear.plan's estimate of the same steps, on one fake CPU device."""
-  from jshear import plan as planner
+  """jshear.train.plan's estimate of the same steps, on one fake CPU device."""
+  from jshear.train import plan as planner
   from jshear import sharding as shd
   from jshear.config_base import base_config
   specs = step_specs(smoke)

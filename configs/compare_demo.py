@@ -6,8 +6,8 @@ small budget on the local corpus (equal total tokens: pruning plus continued), a
 from-scratch row; held-out loss with its standard error and zero-shot accuracy on the
 first 100 documents of PIQA, ARC-Easy and SciQ.
 
-  python -m jshear.compare --config=configs/compare_demo.py --workdir=runs/compare
-  python -m jshear.compare --config=configs/compare_demo.py --workdir=runs/layouts \
+  python -m jshear.experiments.compare --config=configs/compare_demo.py --workdir=runs/compare
+  python -m jshear.experiments.compare --config=configs/compare_demo.py --workdir=runs/layouts \
       --config.compare.methods=layerchop:max_gap,layerchop:input,layerchop:output
 
 Budgets are demo-sized (tens of steps): the table shows the machinery and the ordering right

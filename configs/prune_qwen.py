@@ -29,7 +29,7 @@ from configs import demo
 def get_config():
   c = demo.get_config()
   c.model.source = ""  # required: the Qwen model's HF directory (see above)
-  c.model.source_shape = "qwen2.5-0.5b"  # what `python -m jshear.plan` assumes until then
+  c.model.source_shape = "qwen2.5-0.5b"  # what `python -m jshear.train.plan` assumes until then
   p = c.prune
   p.groups = "layer,head,intermediate,hidden"
   p.target.update(num_layers=16, num_heads=12, num_kv_heads=2, hidden_size=768,

@@ -5,7 +5,7 @@ targets warmed up over 640 steps, reweighting every 50 steps from the pruning-st
 weights), then 48000 continued steps at 256 x 4096 (lr 1e-4 cosine, 3% warmup,
 reweighting every 400 steps) with the LLaMA2-fitted 2.7B reference losses.
 Set model.source to a local LLaMA2-7B HF dir and data.path to a prepared RedPajama
-(`python -m jshear.plan` plans with model.source_shape until then).
+(`python -m jshear.train.plan` plans with model.source_shape until then).
 """
 
 from jshear.config_base import base_config

@@ -66,7 +66,7 @@ def base_config() -> mlc.ConfigDict:
 
   c.model = mlc.ConfigDict()
   c.model.source = ""           # HF dir, jshear model dir, or an asset name ("smollm2")
-  c.model.source_shape = ""     # planner only: source shape by name (jshear.plan.SOURCE_SHAPES)
+  c.model.source_shape = ""     # planner only: source shape by name (jshear.train.plan.SOURCE_SHAPES)
   c.model.compute_dtype = "float32"  # bfloat16 for mixed precision (fp32 master weights)
   c.model.param_dtype = "float32"
   c.model.attention_impl = "xla"

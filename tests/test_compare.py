@@ -1,4 +1,4 @@
-"""`jshear.compare` on the tiny world: two methods to one target with equal continued
+"""`jshear.experiments.compare` on the tiny world: two methods to one target with equal continued
 pretraining, the report files, reuse of finished runs, and config errors up front."""
 
 import json
@@ -10,7 +10,7 @@ import ml_collections as mlc
 import pytest
 
 import tiny_world
-from jshear import compare
+from jshear.experiments import compare
 from jshear.errors import JShearError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,8 +64,8 @@ def test_compare_two_methods(world, tmp_path):
   assert res["methods"]["layerchop-input"]["paired"]["mean"] == pytest.approx(
       lc["mean"] - mg["mean"], abs=1e-9)
   assert "vs magnitude ± paired s.e." in md
-  # jshear.paired scores finished runs against a baseline run the same way.
-  from jshear.paired import paired
+  # jshear.experiments.paired scores finished runs against a baseline run the same way.
+  from jshear.experiments.paired import paired
   pr = paired(cfg, str(tmp_path / "magnitude"), [str(tmp_path / "layerchop-input")], 64)
   assert pr[str(tmp_path / "magnitude")]["paired"] is None
   assert pr[str(tmp_path / "layerchop-input")]["paired"] == \
@@ -74,7 +74,7 @@ def test_compare_two_methods(world, tmp_path):
     paired(cfg, str(tmp_path / "magnitude"), [str(tmp_path / "nothing")], 64)
   # Over seeds: pairs (a, b) and (b, a) differ by +d and -d, so their mean is 0 and the
   # standard error between them (sample std / sqrt(2)) is |d|.
-  from jshear.paired import over_seeds
+  from jshear.experiments.paired import over_seeds
   lci, mag = str(tmp_path / "layerchop-input"), str(tmp_path / "magnitude")
   d = res["methods"]["layerchop-input"]["paired"]["mean"]
   ov = over_seeds(cfg, [(lci, mag), (mag, lci)], 64)
@@ -94,7 +94,7 @@ def test_compare_two_methods(world, tmp_path):
       "'magnitude,layerchop:input')\n"
       "  c.compare.zeroshot_tasks, c.compare.zeroshot_limit = 'piqa,arc_easy', 3\n"
       "  return c\n")
-  r = subprocess.run([sys.executable, "-m", "jshear.compare", f"--config={cfg_path}",
+  r = subprocess.run([sys.executable, "-m", "jshear.experiments.compare", f"--config={cfg_path}",
                       f"--workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True,
                      env=dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.path.join(REPO, "tests")))
   assert r.returncode == 0, r.stderr[-2000:]
@@ -103,10 +103,10 @@ def test_compare_two_methods(world, tmp_path):
     again = json.load(f)
   assert again["methods"]["magnitude"]["eval"] == res["methods"]["magnitude"]["eval"]
   assert again["methods"]["magnitude"]["zero_shot"] == res["methods"]["magnitude"]["zero_shot"]
-  # jshear.paired over seeds from the command line (cached scores: fast); a malformed pair
+  # jshear.experiments.paired over seeds from the command line (cached scores: fast); a malformed pair
   # is one error line and exit 2.
   env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.path.join(REPO, "tests"))
-  cmd = [sys.executable, "-m", "jshear.paired", f"--config={cfg_path}"]
+  cmd = [sys.executable, "-m", "jshear.experiments.paired", f"--config={cfg_path}"]
   r = subprocess.run(cmd + [f"--pairs={lci}:{mag},{mag}:{lci}"], cwd=REPO, capture_output=True,
                      text=True, env=env)
   assert r.returncode == 0, r.stderr[-2000:]

@@ -9,7 +9,7 @@ import pytest
 from jshear import model_io
 from jshear.eval import loader, ppl, scoring, testing
 from jshear.eval.lm_eval_adapter import JShearLM
-from jshear.generate import generate
+from jshear.eval.generate import generate
 
 
 def _req(*args):

@@ -7,7 +7,7 @@ import pytest
 
 from jshear.errors import JShearError
 from jshear.eval import testing
-from jshear.generate import generate, sample_logits
+from jshear.eval.generate import generate, sample_logits
 from jshear.model.masks import mask_shapes
 from jshear.model.transformer import forward
 

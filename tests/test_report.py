@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from jshear.errors import JShearError
-from jshear.report import main as report_main
-from jshear.report import write_report
+from jshear.eval.report import main as report_main
+from jshear.eval.report import write_report
 
 
 def _workdir(tmp_path):

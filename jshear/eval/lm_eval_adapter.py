@@ -12,7 +12,7 @@ model and then runs lm-eval's own CLI with the remaining arguments.
 model_args: path (jshear or HF model dir), tokenizer, dtype (float32|bfloat16), max_length,
 tokens_per_batch, layout (packed|padded). Requests go through the same batched scorer as
 `python -m jshear.eval tasks` (`jshear.eval.scoring`) and the KV-cache generator
-(`jshear.generate`).
+(`jshear.eval.generate`).
 
 Importable without lm_eval installed: `JShearLM` then derives from a plain base class and
 `register()` raises a JShearError saying what to install.
@@ -123,7 +123,7 @@ class JShearLM(_LMBase):
 
   def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
     import jax
-    from jshear.generate import generate_text
+    from jshear.eval.generate import generate_text
     out: list[str | None] = [None] * len(requests)
     groups: dict[str, list[int]] = {}
     for i, r in enumerate(requests):

@@ -1,10 +1,10 @@
 """Held-out loss of finished runs, each against a baseline run on the same rows.
 
-For runs that `python -m jshear.compare` did not make (a staged run, a control experiment):
+For runs that `python -m jshear.experiments.compare` did not make (a staged run, a control experiment):
 every model is scored like a comparison's rows (`jshear.eval.heldout`, cached in each run's
 heldout.json) and its paired difference from the baseline printed.
 
-  python -m jshear.paired --config=configs/compare_demo.py \
+  python -m jshear.experiments.paired --config=configs/compare_demo.py \
       --baseline=runs/compare_p120/importance --runs=runs/a,runs/b
 
 Over seeds: `--pairs=RUN:BASELINE,...` takes one (run, baseline) pair per seed, each pair
@@ -13,7 +13,7 @@ paired difference and their mean with its standard error between seeds. The pair
 of one pair covers only the held-out rows; the between-seed error also covers the training
 rows and gate samples a seed draws.
 
-  python -m jshear.paired --config=configs/compare_demo.py \
+  python -m jshear.experiments.paired --config=configs/compare_demo.py \
       --pairs=runs/s0/learned:runs/s0/importance,runs/s1/learned:runs/s1/importance
 """
 
@@ -26,7 +26,7 @@ from jshear import hostmem
 
 def paired(cfg, baseline: str, runs: list[str], rows: int) -> dict:
   """{run: {"mean", "se", "paired": {"mean", "se"}}} with the baseline's own row."""
-  from jshear.compare import final_model_dir, heldout
+  from jshear.experiments.compare import final_model_dir, heldout
   from jshear.eval.heldout import paired_difference
   dirs = {r: final_model_dir(r) for r in [baseline, *runs]}  # all refused before scoring
   scores = {r: heldout(cfg, d, os.path.join(r, "heldout.json"), rows) for r, d in dirs.items()}
@@ -42,7 +42,7 @@ def over_seeds(cfg, pairs: list[tuple[str, str]], rows: int) -> dict:
   pairs (None for a single pair)."""
   import numpy as np
 
-  from jshear.compare import final_model_dir
+  from jshear.experiments.compare import final_model_dir
   if not pairs:
     raise ValueError("over_seeds needs at least one (run, baseline) pair")
   for run, base in pairs:  # every dir refused before any scoring
@@ -113,7 +113,7 @@ if __name__ == "__main__":
   hostmem.reexec_with_huge_pages()
   from absl import app, flags
   from ml_collections import config_flags
-  # Flags only when run as a program: importing `paired` next to `jshear.swap` (which also
+  # Flags only when run as a program: importing `paired` next to `jshear.experiments.swap` (which also
   # defines --config) must not clash.
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Config whose data the runs used.",
                                             lock_config=True)

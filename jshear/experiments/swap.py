@@ -3,7 +3,7 @@ run and a one-shot run, same target) on two sets of weights (the source, and the
 run's pruning-stage weights), with standard errors over rows, and on each set of weights the
 paired difference learned - one-shot (same rows; its standard error is far smaller).
 
-  python -m jshear.swap --config=configs/demo.py --learned=runs/learned --oneshot=runs/imp
+  python -m jshear.experiments.swap --config=configs/demo.py --learned=runs/learned --oneshot=runs/imp
 """
 
 from __future__ import annotations
