@@ -75,25 +75,6 @@ def test_interrupted_build_is_not_complete_and_is_cleaned(cache):
   assert built == [1] and not stale.exists()
 
 
-def test_building_refuses_or_swaps_existing(tmp_path):
-  final = tmp_path / "out"
-  final.mkdir()
-  (final / "old").write_text("old")
-  with pytest.raises(JShearError, match="already exists"):
-    with assets.building(final) as tmp:
-      (tmp / "new").write_text("new")
-  assert (final / "old").exists()
-  with pytest.raises(ValueError):  # failure while overwriting keeps the old one intact
-    with assets.building(final, overwrite=True) as tmp:
-      raise ValueError
-  assert (final / "old").exists()
-  with assets.building(final, overwrite=True) as tmp:
-    (tmp / "new").write_text("new")
-  assert sorted(p.name for p in final.iterdir()) == ["new"]
-  assert _leftovers(tmp_path) == []
-  assert oct(final.stat().st_mode & 0o777) != oct(0o700)  # not left private like mkdtemp
-
-
 def test_fetch_all_rejects_unknown_asset(cache):
   with pytest.raises(JShearError, match="unknown asset"):
     assets.fetch_all(("weights",))

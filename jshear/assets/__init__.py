@@ -19,13 +19,13 @@ the paths it returns.
 from jshear.assets.cli import ASSETS, fetch_all, main
 from jshear.assets.corpus import corpus_dir
 from jshear.assets.eval_sets import eval_sets_dir
-from jshear.assets.fetch import (apt_download, building, cache_root, deb_info, deb_members,
+from jshear.assets.fetch import (apt_download, cache_root, deb_info, deb_members,
                                  ensure, pip_download, sha256, wheel_members)
 from jshear.assets.heldout import GPL3_SHA256, heldout_text_path
 from jshear.assets.smollm2 import (SMOLLM2_CONFIG, check_smollm2_config, smollm2_gguf_path,
                                    smollm2_hf_dir)
 
-__all__ = ["ASSETS", "GPL3_SHA256", "SMOLLM2_CONFIG", "apt_download", "building", "cache_root",
+__all__ = ["ASSETS", "GPL3_SHA256", "SMOLLM2_CONFIG", "apt_download", "cache_root",
            "check_smollm2_config", "corpus_dir", "deb_info", "deb_members", "ensure",
            "eval_sets_dir", "fetch_all", "heldout_text_path", "main", "pip_download", "sha256",
            "smollm2_gguf_path", "smollm2_hf_dir", "wheel_members"]

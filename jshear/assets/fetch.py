@@ -24,7 +24,8 @@ import zipfile
 from pathlib import Path
 from typing import Callable, Iterator
 
-from jshear.cache import building, cache_root, remove  # noqa: F401 (cache_root: re-exported)
+from jshear.atomic import atomic_dir, remove
+from jshear.cache import cache_root  # noqa: F401 (re-exported)
 from jshear.errors import JShearError, check
 
 
@@ -59,7 +60,7 @@ def ensure(final: str | os.PathLike, build: Callable[[Path], None]) -> str:
       return str(final)
     for stale in final.parent.glob(f".{final.name}.*.partial"):
       remove(stale)
-    with building(final) as tmp:
+    with atomic_dir(final) as tmp:
       build(tmp)
   return str(final)
 

@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from jshear.cache import building
+from jshear.atomic import atomic_dir
 from jshear.errors import JShearError, check
 
 # Text the saved tokenizer must encode exactly as the GGUF one does (a cheap round-trip test).
@@ -112,7 +112,6 @@ def gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, overwri
   """
   gguf_path, out = Path(gguf_path).absolute(), Path(out_dir).absolute()
   _check_gguf_file(gguf_path)
-  check(overwrite or not out.exists(), f"{out} already exists (pass overwrite=True to replace it)")
-  with building(out, overwrite=overwrite) as tmp:
+  with atomic_dir(out, overwrite) as tmp:
     write_hf_dir(gguf_path, tmp)
   return str(out)

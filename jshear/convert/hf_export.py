@@ -16,6 +16,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from jshear import model_io
+from jshear.atomic import atomic_dir
 from jshear.convert import hf_names
 from jshear.errors import JShearError
 from jshear.model.config import ModelConfig
@@ -50,7 +51,7 @@ def export_hf(cfg: ModelConfig, params, out_dir: str, tokenizer_dir: str | None 
   hf_cfg = cfg.to_hf_dict()
   out_dtype = np.dtype(dtype) if dtype else _dtype_of(params["embed"])
   hf_cfg["dtype"] = _DTYPE_NAMES.get(str(out_dtype), str(out_dtype))
-  with model_io.atomic_dir(out_dir, overwrite) as tmp:
+  with atomic_dir(out_dir, overwrite, flag="--overwrite") as tmp:
     shard, shard_bytes, weight_map, files = {}, 0, {}, []
 
     def flush():

@@ -28,6 +28,7 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
+from jshear.atomic import atomic_write, write_json
 from jshear.data import shards, sources
 from jshear.errors import JShearError
 
@@ -102,10 +103,8 @@ def _init_worker(tokenizer_dir: str) -> None:
 
 
 def _save_npz(path: str, **arrays) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
+  with atomic_write(path, "wb") as f:
     np.savez(f, **arrays)
-  os.replace(tmp, path)
 
 
 def tokenize_file(task: tuple[str, str]) -> tuple[int, int]:
@@ -214,10 +213,7 @@ def _hash(obj) -> str:
 
 
 def _write_json(path: str, obj) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
+  write_json(path, obj, indent=1)
 
 
 def _read_json(path: str):

@@ -9,11 +9,11 @@ memmap is fork-safe for grain workers, and nothing beyond numpy is needed to rea
 it. Tokens and segments share one file so a single rename publishes a whole shard.
 """
 
-import os
 from typing import Iterable, Iterator
 
 import numpy as np
 
+from jshear.atomic import atomic_write
 from jshear.errors import JShearError
 
 
@@ -22,13 +22,9 @@ def shard_name(split: str, index: int) -> str:
 
 
 def write_shard(path: str, rows: np.ndarray) -> None:
-  """Writes temp-then-rename so a killed run never leaves a half shard."""
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
+  """Writes temp-then-rename (`jshear.atomic`) so a killed run never leaves a half shard."""
+  with atomic_write(path, "wb") as f:
     np.save(f, np.ascontiguousarray(rows, dtype=np.int32))
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def pack(docs: Iterable[np.ndarray], seq_len: int, rows_per_shard: int,

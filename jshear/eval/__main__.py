@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import time
 
+from jshear.atomic import write_json
 from jshear.errors import JShearError
 
 
@@ -77,11 +77,7 @@ def cmd_ppl(args) -> int:
 
 
 def _write_json(path, obj):
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
+  write_json(path, obj)
   print(f"wrote {path}", file=sys.stderr)
 
 

@@ -31,6 +31,7 @@ import time
 
 import ml_collections as mlc
 
+from jshear.atomic import write_json
 from jshear.errors import JShearError
 
 _log = logging.getLogger(__name__)
@@ -167,9 +168,7 @@ def zero_shot(model_dir: str, cache_path: str, task_names: str, limit: int) -> d
   acc["mean"] = sum(acc.values()) / len(names)
   import jax
   if jax.process_index() == 0:
-    with open(cache_path + ".tmp", "w") as f:
-      json.dump({"key": key, "acc": acc}, f, indent=2)
-    os.replace(cache_path + ".tmp", cache_path)
+    write_json(cache_path, {"key": key, "acc": acc})
   return acc
 
 
@@ -196,9 +195,7 @@ def heldout(cfg, model_dir: str, cache_path: str, rows: int) -> dict:
                   data_dir=resolve_data(cfg, m.tokenizer))
     res = heldout_losses(ctx, m.cfg, m.params, None, rows)
   if jax.process_index() == 0:
-    with open(cache_path + ".tmp", "w") as f:
-      json.dump({"key": key, "heldout": res}, f, indent=2)
-    os.replace(cache_path + ".tmp", cache_path)
+    write_json(cache_path, {"key": key, "heldout": res})
   return res
 
 

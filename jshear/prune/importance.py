@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jshear.atomic import atomic_write
 from jshear.errors import JShearError
 from jshear.model import layers as L
 from jshear.model.config import ModelConfig
@@ -208,9 +209,7 @@ def cached_scores(path: str, cfg: ModelConfig, params, data_dir: str, rows_per_d
   _log.info("importance: scoring %d calibration rows", len(rows))
   scores = compute_scores(cfg, params, rows, batch_size, mesh)
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, meta=np.asarray(json.dumps(meta, sort_keys=True)),
-             **{k: v for k, v in scores.items()})
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as f:
+      np.savez(f, meta=np.asarray(json.dumps(meta, sort_keys=True)),
+               **{k: v for k, v in scores.items()})
   return scores

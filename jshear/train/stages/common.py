@@ -4,13 +4,12 @@ loading / saving model dirs."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import jax
 from jax.experimental import multihost_utils
 
-from jshear import distributed, model_io
+from jshear import atomic, distributed, model_io
 from jshear.errors import JShearError
 from jshear.model.config import ModelConfig
 from jshear.train.loop import Context, PruneSpec
@@ -89,10 +88,7 @@ def save_dir(path: str, model: Model, params, origin: dict | None = None) -> Non
 def write_json_atomic(path: str, obj) -> None:
   """Process 0 writes `obj` to `path` through a temporary file (no half-written file)."""
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    atomic.write_json(path, obj, sort_keys=True)
 
 
 def compute_dtype(cfg):

@@ -9,19 +9,18 @@ Every file is written through a temporary name, so a killed run leaves none half
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
 import numpy as np
 
 from jshear import distributed
+from jshear.atomic import atomic_write, write_json
 
 
 def _savez(path: str, arrays: dict) -> None:
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
-  os.replace(tmp, path)
+  with atomic_write(path, "wb") as f:
+    np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
 
 
 def save(workdir: str, spec, masks: dict, log_alpha: dict | None = None) -> dict:
@@ -35,10 +34,8 @@ def save(workdir: str, spec, masks: dict, log_alpha: dict | None = None) -> dict
       _savez(os.path.join(d, "log_alpha.npz"), log_alpha)
     _savez(os.path.join(d, "binary_masks.npz"), binary)
     kept = {g: v.sum(axis=-1).tolist() for g, v in binary.items()}
-    with open(os.path.join(d, "masks.json.tmp"), "w") as f:
-      json.dump({"target": spec.target.__dict__, "groups": list(spec.groups), "kept": kept},
-                f, indent=2)
-    os.replace(os.path.join(d, "masks.json.tmp"), os.path.join(d, "masks.json"))
+    write_json(os.path.join(d, "masks.json"),
+               {"target": spec.target.__dict__, "groups": list(spec.groups), "kept": kept})
     _savez(os.path.join(d, "masks.npz"), masks)  # last: finalize looks for this one
   distributed.barrier("masks")
   return masks
