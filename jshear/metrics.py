@@ -1,4 +1,7 @@
-"""Run observability: metrics.jsonl (always), TensorBoard events, and a progress line."""
+"""Run observability: metrics.jsonl (always), TensorBoard events, and a progress line.
+
+`read_metrics` is the one reader of metrics.jsonl (the pipeline, jshear.eval.report, tests);
+jax is imported only by the writer, so reading stays light."""
 
 from __future__ import annotations
 
@@ -7,11 +10,11 @@ import math
 import os
 import time
 
-import jax
 import numpy as np
 
 
 def _scalar(v):
+  import jax
   v = np.asarray(jax.device_get(v))
   return float(v) if v.size == 1 else v.tolist()
 
@@ -20,6 +23,7 @@ class MetricsWriter:
   """Only process 0 writes; every record carries stage and step."""
 
   def __init__(self, workdir: str, tensorboard: bool = True):
+    import jax
     self.active = jax.process_index() == 0
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._tb = None
@@ -49,12 +53,32 @@ class MetricsWriter:
         self._tb.close()
 
 
-def read_metrics(workdir: str) -> list[dict]:
+def read_metrics(workdir: str, warnings: list[str] | None = None) -> list[dict]:
+  """WORKDIR/metrics.jsonl's records with a numeric step, in file order ([] without the
+  file); a record without a stage gets "train". A line that is not such a record (the torn
+  last line of a killed run, a hand edit) is skipped and, given `warnings`, said there."""
   path = os.path.join(workdir, "metrics.jsonl")
+  recs = []
   if not os.path.exists(path):
-    return []
+    return recs
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    for n, line in enumerate(f, 1):
+      line = line.strip()
+      if not line:
+        continue
+      try:
+        r = json.loads(line)
+      except json.JSONDecodeError:
+        warn = f"metrics.jsonl line {n}: not JSON, skipped"
+      else:
+        if isinstance(r, dict) and isinstance(r.get("step"), (int, float)):
+          r.setdefault("stage", "train")
+          recs.append(r)
+          continue
+        warn = f"metrics.jsonl line {n}: no numeric 'step', skipped"
+      if warnings is not None:
+        warnings.append(warn)
+  return recs
 
 
 def model_flops_per_token(cfg) -> float:

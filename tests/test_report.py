@@ -68,3 +68,15 @@ def test_report_tolerates_an_empty_workdir(tmp_path, capsys):
   assert "no such workdir" in capsys.readouterr().err
   with pytest.raises(JShearError):
     write_report(str(tmp_path / "nope"))
+
+
+def test_metrics_reader_skips_a_torn_last_line(tmp_path):
+  from jshear.metrics import read_metrics
+  (tmp_path / "metrics.jsonl").write_text(
+      '{"stage": "prune", "step": 1, "loss": 2.0}\n{"step": 2}\n{"note": 1}\n{"stage": "pru')
+  warns = []
+  recs = read_metrics(str(tmp_path), warns)
+  assert [(r["stage"], r["step"]) for r in recs] == [("prune", 1), ("train", 2)]
+  assert warns == ["metrics.jsonl line 3: no numeric 'step', skipped",
+                   "metrics.jsonl line 4: not JSON, skipped"]
+  assert read_metrics(str(tmp_path)) == recs and read_metrics(str(tmp_path / "none")) == []

@@ -1,6 +1,6 @@
 """Run report: PNG plots and report.md from a workdir.
 
-  python -m jshear.report WORKDIR [--out DIR]     (default DIR = WORKDIR/report)
+  python -m jshear.eval.report WORKDIR [--out DIR]     (default DIR = WORKDIR/report)
 
 Reads (each optional; whatever is missing is said in the report, not an error):
   WORKDIR/metrics.jsonl        one JSON record per line: stage, step, lm_loss, loss,
@@ -27,33 +27,10 @@ from collections import OrderedDict
 import numpy as np
 
 from jshear.errors import JShearError
+from jshear.metrics import read_metrics
 
 
 # ---- reading ------------------------------------------------------------------------------
-
-def read_metrics(workdir: str) -> tuple[list[dict], list[str]]:
-  """Records with a numeric step, in file order; plus warnings about skipped lines."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  recs, warns = [], []
-  if not os.path.exists(path):
-    return recs, warns
-  with open(path) as f:
-    for n, line in enumerate(f, 1):
-      line = line.strip()
-      if not line:
-        continue
-      try:
-        r = json.loads(line)
-      except json.JSONDecodeError:
-        warns.append(f"metrics.jsonl line {n}: not JSON, skipped")
-        continue
-      if not isinstance(r, dict) or not isinstance(r.get("step"), (int, float)):
-        warns.append(f"metrics.jsonl line {n}: no numeric 'step', skipped")
-        continue
-      r.setdefault("stage", "train")
-      recs.append(r)
-  return recs, warns
-
 
 def global_steps(recs: list[dict]) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
   """x position of every record: stages in order of first appearance, each stage's steps
@@ -348,7 +325,8 @@ def write_report(workdir: str, out_dir: str | None = None) -> dict:
     raise JShearError(f"{workdir}: no such workdir")
   out_dir = out_dir or os.path.join(workdir, "report")
   os.makedirs(out_dir, exist_ok=True)
-  recs, warns = read_metrics(workdir)
+  warns = []
+  recs = read_metrics(workdir, warns)
   x, spans = global_steps(recs) if recs else (np.zeros(0), [])
   masks, mask_path = read_masks(workdir)
   zs, pp = read_evals(workdir)
@@ -451,7 +429,7 @@ def write_report(workdir: str, out_dir: str | None = None) -> dict:
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(prog="python -m jshear.report", description=__doc__.split("\n")[0])
+  ap = argparse.ArgumentParser(prog="python -m jshear.eval.report", description=__doc__.split("\n")[0])
   ap.add_argument("workdir")
   ap.add_argument("--out", default=None, help="output dir (default WORKDIR/report)")
   args = ap.parse_args(argv)
