@@ -6,6 +6,10 @@
   DIR/params/index.json   leaf paths, shapes and dtypes
   DIR/tokenizer/          tokenizer files copied from the source model, when it had them
 
+Any model dir, jshear or Hugging Face (config.json + safetensors): `is_jshear_dir`,
+`read_model_config` (no weights), `tokenizer_dir` and `load_tokenizer` here; its weights are
+`jshear.convert.hf_import.read_model` (which imports this module, so it lives there).
+
 Why not an Orbax PyTree checkpoint here: the converter must write a stacked [L, ...] weight
 one layer at a time, so converting a 7B model needs about one tensor of RAM, and a sharded
 loader must read only its shard; per-leaf tensorstore arrays give both. Training checkpoints
@@ -19,6 +23,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 
 import jax
 import numpy as np
@@ -29,13 +34,13 @@ from jshear.errors import JShearError
 from jshear.model.config import ModelConfig
 from jshear.model.params import param_shapes
 
+CONFIG_FILE = "model_config.json"
 ORIGIN_FILE = "origin.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
                    "chat_template.jinja", "generation_config.json")
 
 
-CONFIG_FILE = "model_config.json"
 def copy_tokenizer(src_dir: str, dst_dir: str) -> list[str]:
   copied = []
   for name in TOKENIZER_FILES:
@@ -242,5 +247,43 @@ def load_origin(path: str) -> dict | None:
 
 
 def tokenizer_dir(path: str) -> str | None:
+  """Where a model dir keeps its tokenizer: a jshear dir's tokenizer/ (None without one),
+  an HF dir itself (whether or not it has tokenizer files)."""
+  if not is_jshear_dir(path):
+    return path
   d = os.path.join(path, "tokenizer")
   return d if os.path.isdir(d) else None
+
+
+# ---- any model dir: jshear or Hugging Face ------------------------------------------------
+
+def is_jshear_dir(path: str) -> bool:
+  """A jshear model dir (model_config.json); anything else is read as an HF dir."""
+  return os.path.isfile(os.path.join(path, CONFIG_FILE))
+
+
+def is_hf_dir(path: str) -> bool:
+  return os.path.isfile(os.path.join(path, "config.json"))
+
+
+def read_model_config(path: str) -> ModelConfig:
+  """A jshear or HF model dir's config, without reading weights."""
+  if is_jshear_dir(path):
+    return load_config(path)
+  return ModelConfig.from_hf_dir(path)
+
+
+def load_tokenizer(path: str, label: str | None = None):
+  """The Hugging Face tokenizer in directory `path`, read offline. `label` names `path` in
+  the error when there is no such directory (e.g. the flag that gave it)."""
+  if not os.path.isdir(path):
+    raise JShearError(f"{label or path}: expected a Hugging Face tokenizer directory, "
+                      "got no such directory")
+  os.environ.setdefault("HF_HUB_OFFLINE", "1")
+  from transformers import AutoTokenizer  # slow import: only when a tokenizer is needed
+  try:
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+  except Exception as e:  # noqa: BLE001 - transformers raises many types here
+    raise JShearError(f"could not load a tokenizer from {path}: {type(e).__name__}: {e}") from e
+  tok.model_max_length = sys.maxsize  # documents are longer than any context: no warning
+  return tok

@@ -7,6 +7,7 @@ import glob
 import json
 import os
 
+import jax
 import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy)
 import numpy as np
 from safetensors import SafetensorError, safe_open
@@ -170,6 +171,17 @@ def read_hf_params(hf_dir: str, cfg: ModelConfig | None = None, allow_pickle: bo
     if leaf not in params["layers"]:
       params["layers"][leaf] = np.empty((cfg.num_layers,) + w.shape, w.dtype)
     params["layers"][leaf][layer] = w
+  return cfg, params
+
+
+def read_model(path: str, dtype=None):
+  """(cfg, params as host numpy arrays) of a jshear model dir or an HF dir; `dtype` casts.
+  The one reader of "any model dir" with weights (configs alone: `model_io.read_model_config`)."""
+  if model_io.is_jshear_dir(path):
+    return model_io.load_model(path, dtype=dtype)
+  cfg, params = read_hf_params(path)
+  if dtype is not None:
+    params = jax.tree.map(lambda x: x.astype(dtype), params)
   return cfg, params
 
 

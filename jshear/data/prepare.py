@@ -31,6 +31,7 @@ from tqdm import tqdm
 from jshear.atomic import atomic_write, write_json
 from jshear.data import shards, sources
 from jshear.errors import JShearError
+from jshear.model_io import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +41,6 @@ TOKENIZE_KEYS = ("format", "tokenizer", "plan")  # what the tokenized files in _
 
 
 # -- tokenizer identity -------------------------------------------------------
-
-def load_tokenizer(path: str):
-  if not os.path.isdir(path):
-    raise JShearError(f"--tokenizer={path}: expected a Hugging Face tokenizer directory, got no such directory")
-  os.environ.setdefault("HF_HUB_OFFLINE", "1")
-  from transformers import AutoTokenizer  # slow import: only when tokenizing
-  tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-  tok.model_max_length = sys.maxsize  # documents are longer than any context: no warning
-  return tok
-
 
 def tokenizer_id(tok) -> dict:
   """Name for humans; vocab size and vocab hash are what must match."""
@@ -265,7 +256,7 @@ def prepare(tokenizer: str, domains: dict[str, str], out: str, seq_len: int = 40
     raise JShearError(f"--eval_docs: expected >= 0, got {eval_docs}")
   if not domains:
     raise JShearError("expected at least one --domain NAME=GLOB_OR_DIR, got none")
-  tok = load_tokenizer(tokenizer)
+  tok = load_tokenizer(tokenizer, label=f"--tokenizer={tokenizer}")
   cfg = {"format": FORMAT, "tokenizer": tokenizer_id(tok), "seq_len": seq_len, "seed": seed,
          "eval_fraction": eval_fraction, "eval_docs": eval_docs,
          "shard_sequences": shard_sequences, "plan": _plan(domains)}

@@ -6,7 +6,9 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from jshear import model_io
 from jshear.errors import JShearError
+from jshear.model_io import load_tokenizer
 
 _TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
@@ -21,9 +23,9 @@ class Loaded:
 
 
 def model_kind(path: str) -> str:
-  if os.path.exists(os.path.join(path, "model_config.json")):
+  if model_io.is_jshear_dir(path):
     return "jshear"
-  if os.path.exists(os.path.join(path, "config.json")):
+  if model_io.is_hf_dir(path):
     return "hf"
   if not os.path.isdir(path):
     raise JShearError(f"--model {path}: no such directory")
@@ -43,34 +45,17 @@ def tokenizer_path(path: str, kind: str | None = None) -> str:
   return d
 
 
-def load_tokenizer(path: str):
-  import transformers
-  try:
-    return transformers.AutoTokenizer.from_pretrained(path)
-  except Exception as e:  # noqa: BLE001 - transformers raises many types here
-    raise JShearError(f"could not load a tokenizer from {path}: {type(e).__name__}: {e}") from e
-
-
 def load(path: str, tokenizer: str | None = None, dtype=None, with_params: bool = True) -> Loaded:
   """(cfg, params as jax arrays, tokenizer). `tokenizer` overrides the model's own."""
   import jax
-  import jax.numpy as jnp
   path = os.path.abspath(path)
   kind = model_kind(path)
   tok = load_tokenizer(tokenizer or tokenizer_path(path, kind))
   params = None
-  if kind == "jshear":
-    from jshear import model_io
-    if with_params:
-      cfg, params = model_io.load_model(path, dtype=dtype)
-    else:
-      cfg = model_io.load_config(path)
+  if with_params:
+    from jshear.convert.hf_import import read_model
+    cfg, params = read_model(path, dtype=dtype)
+    params = jax.device_put(params)
   else:
-    from jshear.model.config import ModelConfig
-    if with_params:
-      from jshear.convert.hf_import import read_hf_params
-      cfg, np_params = read_hf_params(path)
-      params = jax.tree.map(lambda x: jnp.asarray(x, dtype=dtype), np_params)
-    else:
-      cfg = ModelConfig.from_hf_dir(path)
+    cfg = model_io.read_model_config(path)
   return Loaded(cfg, params, tok, kind, path)

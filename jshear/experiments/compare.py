@@ -1,7 +1,7 @@
 """Compare ways to shrink a model: every method prunes the same source to the same target on
 the same data, then gets the same continued-pretraining budget.
 
-  python -m jshear.compare --config=configs/compare_demo.py --workdir=DIR [--config.KEY=VALUE]
+  python -m jshear.experiments.compare --config=configs/compare_demo.py --workdir=DIR [--config.KEY=VALUE]
 
 The config is a normal run config plus `compare.methods`, a comma-separated list of
 `prune.method` values; `layerchop:<layout>` picks a LayerCHOP layout (e.g.
@@ -94,9 +94,10 @@ def _extra_steps(prune, cont) -> int:
 def _scratch_config(c, extra):
   """The target shape from random init, pretrained on the pruning + continued tokens."""
   from jshear.prune.targets import TargetShape, target_config
-  from jshear.train.stages.common import model_config, resolve_source
+  from jshear.model_io import read_model_config
+  from jshear.train.stages.common import resolve_source
   tok = c.init_from or resolve_source(c.model.source)
-  src = model_config(tok)
+  src = read_model_config(tok)
   t = c.prune.target
   tgt = target_config(src, TargetShape(t.num_layers, t.num_heads, t.num_kv_heads or
                                        src.num_kv_heads, t.hidden_size, t.intermediate_size))
@@ -350,8 +351,9 @@ def plot(res: dict, path: str) -> bool:
 
 def final_model_dir(workdir: str) -> str:
   """The last model a run wrote (for runs without an export stage)."""
+  from jshear.model_io import is_jshear_dir
   for name in ("continued", "pruned", "pretrained"):
-    if os.path.exists(os.path.join(workdir, name, "model_config.json")):
+    if is_jshear_dir(os.path.join(workdir, name)):
       return os.path.join(workdir, name)
   raise JShearError(f"{workdir} has no finished model to evaluate")
 
@@ -359,10 +361,11 @@ def final_model_dir(workdir: str) -> str:
 def _source_config(cfg):
   """The source model's config (no weights), or None when the run pretrains from scratch."""
   from jshear.train.pipeline import parse_stages
-  from jshear.train.stages.common import model_config as _model_config, resolve_source
+  from jshear.model_io import read_model_config
+  from jshear.train.stages.common import resolve_source
   if "pretrain" in parse_stages(cfg.stages):
     return None
-  return _model_config(cfg.init_from or resolve_source(cfg.model.source))
+  return read_model_config(cfg.init_from or resolve_source(cfg.model.source))
 
 
 def _validate(configs: dict) -> None:

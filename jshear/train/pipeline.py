@@ -23,7 +23,7 @@ import shutil
 import jax
 import numpy as np
 
-from jshear import distributed
+from jshear import distributed, model_io
 from jshear import sharding as shd
 from jshear.config_base import STAGES
 from jshear.errors import JShearError
@@ -36,7 +36,7 @@ from jshear.train.loop import DomainEval, data_stream
 from jshear.train.stages import STAGE_TABLE
 from jshear.train.stages.choosers import PRUNE_METHODS, prune_spec, trains_in_prune  # noqa: F401
 from jshear.train.stages.common import (Model, RunContext, eval_domains, load_any,
-                                        model_config, resolve_source, write_json_atomic)
+                                        resolve_source, write_json_atomic)
 from jshear.train.stages import source as source_mod
 
 _log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def parse_stages(text) -> list[str]:
 # ---- data ---------------------------------------------------------------------------
 
 def resolve_data(cfg, tokenizer_dir: str | None) -> str:
-  from jshear.data.prepare import load_manifest, load_tokenizer, prepare
+  from jshear.data.prepare import load_manifest, prepare
   if cfg.data.path:
     path = cfg.data.path
   elif cfg.data.corpus == "local":
@@ -83,7 +83,7 @@ def resolve_data(cfg, tokenizer_dir: str | None) -> str:
                       "(python -m jshear.data.prepare) or config.data.corpus='local'")
   if not os.path.isdir(path):
     raise JShearError(f"config.data.path {path!r} is not a directory")
-  tok = load_tokenizer(tokenizer_dir) if tokenizer_dir else None
+  tok = model_io.load_tokenizer(tokenizer_dir) if tokenizer_dir else None
   manifest = load_manifest(path, tok)  # refuses a tokenizer mismatch
   if manifest["seq_len"] != cfg.data.seq_len:
     raise JShearError(f"config.data.seq_len={cfg.data.seq_len} but {path} was prepared with "
@@ -218,7 +218,7 @@ def _check_distill(cfg, student: ModelConfig, source: ModelConfig | None) -> Non
   from jshear import distill
   from jshear.train.stages.continued import teacher_items
   teachers = [("source", source, True) if item == "source" else
-              (item, model_config(resolve_source(item)), False)
+              (item, model_io.read_model_config(resolve_source(item)), False)
               for item in teacher_items(cfg, source is not None)]
   distill.validate_config(cfg.distill, student, teachers, steps=cfg.continued.steps)
 

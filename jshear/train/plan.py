@@ -67,13 +67,10 @@ def _named_shape(name: str, where: str):
 def _config_from_dir(path: str):
   from jshear import model_io
   from jshear.errors import JShearError
-  from jshear.model.config import ModelConfig
   if not os.path.isdir(path):
     raise JShearError(f"model.source={path!r} is not a directory here; to plan without the "
                       f"weights, pass --source_shape (one of {', '.join(sorted(SOURCE_SHAPES))})")
-  if os.path.exists(os.path.join(path, "model_config.json")):
-    return model_io.load_config(path)
-  return ModelConfig.from_hf_dir(path)
+  return model_io.read_model_config(path)
 
 
 def source_config(cfg, stage: str, source_shape: str = ""):

@@ -50,24 +50,10 @@ def load_any(path: str, cfg) -> Model:
   """A jshear model dir or an HF dir, with the run's attention / remat / scan choices."""
   overrides = dict(attention_impl=cfg.model.attention_impl, remat=cfg.model.remat,
                    scan_layers=cfg.model.scan_layers)
-  origin = None
-  if os.path.exists(os.path.join(path, "model_config.json")):
-    mcfg, params = model_io.load_model(path)
-    params = jax.device_get(params)
-    tok = model_io.tokenizer_dir(path)
-    origin = model_io.load_origin(path)
-  else:
-    from jshear.convert.hf_import import read_hf_params
-    mcfg, params = read_hf_params(path)
-    tok = path
-  return Model(mcfg.replace(**overrides), params, tok, origin)
-
-
-def model_config(path: str) -> ModelConfig:
-  """A jshear or HF model dir's config, without reading weights."""
-  if os.path.exists(os.path.join(path, "model_config.json")):
-    return model_io.load_config(path)
-  return ModelConfig.from_hf_dir(path)
+  from jshear.convert.hf_import import read_model
+  mcfg, params = read_model(path)
+  origin = model_io.load_origin(path) if model_io.is_jshear_dir(path) else None
+  return Model(mcfg.replace(**overrides), params, model_io.tokenizer_dir(path), origin)
 
 
 def gather_params(params):
