@@ -105,28 +105,43 @@ def random_tokens(vocab_size: int, batch_size: int, seq: int):
   return np.random.default_rng(0).integers(0, vocab_size, (batch_size, seq)).astype(np.int32)
 
 
+def jshear_stage_step(cfg, batch_size: int, prune_groups=None, target=None,
+                      compute_dtype=None, distiller=None):
+  """The stage step the loop would compile (jshear.train.compile.stage_step), on a
+  one-device mesh: prune (learned masks over `prune_groups` toward `target`) or continue
+  (plain, or distilling with `distiller`). Returns the StageStep."""
+  import jax
+  import jax.numpy as jnp
+
+  from jshear import sharding as shd
+  from jshear.config_base import base_config
+  from jshear.train import stages
+  from jshear.train.compile import stage_step
+  from jshear.train.context import Context, PruneSpec
+
+  run = base_config()
+  run.model.compute_dtype = "float32" if compute_dtype is None else jnp.dtype(compute_dtype).name
+  name = "prune" if prune_groups is not None else "continue"
+  block = run[stages.get(name).block]
+  block.steps, block.warmup_steps, block.batch_size, block.grad_accum = 1000, 10, batch_size, 1
+  mesh = shd.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
+  ctx = Context(cfg=run, workdir="", mesh=mesh, writer=None, data_dir="")
+  spec = (PruneSpec(target, tuple(prune_groups), "layer_mean", 100)
+          if prune_groups is not None else None)
+  return stage_step(ctx, stages.get(name), cfg, spec, distiller=distiller)
+
+
 def jshear_train_step(cfg, params, batch_size: int, seq: int, prune_groups=None, target=None,
                       compute_dtype=None):
-  """A jitted jshear train step on one device and its inputs: (step, state, batch).
+  """The jitted jshear train step on one device and its inputs: (step, state, batch).
   compute_dtype: e.g. bfloat16 for mixed precision (None: the params' dtype)."""
   import jax
-  import ml_collections
   import numpy as np
 
-  from jshear.config_base import train_block
-  from jshear.optim import build_optimizer
-  from jshear.prune.state import init_prune_state
-  from jshear.train.step import init_state, make_train_step
-
-  block = train_block(steps=1000, warmup_steps=10)
-  opt = build_optimizer(block, 1000, prune_groups is not None)
-  ps = None
-  if prune_groups is not None:
-    ps = init_prune_state(cfg, target, prune_groups, jax.random.key(1))
-  state = init_state(jax.device_put(params), opt, 0, ps)
-  step = jax.jit(make_train_step(cfg, opt, prune_warmup_steps=100,
-                                  compute_dtype=compute_dtype), donate_argnums=0)
+  plan = jshear_stage_step(cfg, batch_size, prune_groups, target, compute_dtype)
+  state = jax.jit(plan.make_state, out_shardings=plan.shardings)(jax.device_put(params),
+                                                                 plan.prune_state)
   toks = random_tokens(cfg.vocab_size, batch_size, seq)
   batch = {"tokens": toks, "segment_ids": np.ones_like(toks),
            "positions": np.tile(np.arange(seq, dtype=np.int32), (batch_size, 1))}
-  return step, state, batch
+  return plan.step, state, batch

@@ -17,13 +17,10 @@ import jax
 import numpy as np
 
 from jshear import distill
-from jshear.config_base import train_block
 from jshear.model.config import ModelConfig
 from jshear.model.params import count_params, init_params
-from jshear.optim import build_optimizer
 from jshear.prune import layerchop
 from jshear.prune.finalize import finalize
-from jshear.train.step import init_state, make_train_step
 
 
 def main():
@@ -49,20 +46,20 @@ def main():
                                                                          "max_gap")})
   sparams = jax.device_get(sparams)
 
-  block = train_block(steps=1000, warmup_steps=10)
-  opt = build_optimizer(block, 1000, False)
   hidden = distill.parse_hidden_layers(f"1,{keep - 2}" if a.hidden else "", keep)
   spec = distill.teacher_spec(scfg, tcfg, hidden, kept_layers=kept)
   d = distill.Distiller(scfg, [spec], weight=1.0, temperature=2.0,
                         hidden_layers=[s for s, _ in hidden])
-  plain = jax.jit(make_train_step(scfg, opt), donate_argnums=0)
-  kd = jax.jit(make_train_step(scfg, opt, distill=d), donate_argnums=0)
+  # The continue stage's step as the loop compiles it, without and with the teacher.
+  plans = {"plain": common.jshear_stage_step(scfg, a.batch),
+           "kd": common.jshear_stage_step(scfg, a.batch, distiller=d)}
+  plain, kd = plans["plain"].step, plans["kd"].step
   teachers = [jax.device_put(tparams)]
   toks = np.random.default_rng(0).integers(0, tcfg.vocab_size, (a.batch, seq)).astype(np.int32)
   batch = {"tokens": toks, "segment_ids": np.ones_like(toks),
            "positions": np.tile(np.arange(seq, dtype=np.int32), (a.batch, 1))}
-  box = {"plain": init_state(jax.device_put(sparams), opt, 0),
-         "kd": init_state(jax.device_put(sparams), opt, 0)}
+  box = {k: jax.jit(p.make_state, out_shardings=p.shardings)(jax.device_put(sparams), None)
+         for k, p in plans.items()}
   compile_s = {}
   for k, fn, extra in (("plain", plain, ()), ("kd", kd, (teachers,))):
     t0 = time.perf_counter()

@@ -39,7 +39,7 @@ import numpy as np
 from jshear.errors import JShearError
 from jshear.model.config import ModelConfig
 from jshear.model.transformer import forward
-from jshear.train.loss import token_targets
+from jshear.model.loss import token_targets
 
 
 def kd_sum(student_logits, teacher_logits, weights, temperature: float):
@@ -275,7 +275,7 @@ def put_teachers(setup: Setup, mesh, param_dtype):
   """Host teacher params -> global arrays sharded like a student of their shape; and those
   shardings (for the step's in_shardings)."""
   from jshear.model.params import abstract_params
-  from jshear.train.state_sharding import param_shardings, put_global
+  from jshear.model.state_sharding import param_shardings, put_global
   arrays, shardings = [], []
   for spec, p in zip(setup.distiller.teachers, setup.teacher_params):
     sh = param_shardings(spec.cfg, abstract_params(spec.cfg), mesh)

@@ -1,16 +1,17 @@
-"""Learning-rate schedules and the optimizer over {"params", "prune"}.
+"""Learning-rate schedules, the train state's declared optimizer groups, and the optimizer.
 
-Groups through `optax.multi_transform`:
-  weights    AdamW with the schedule
-  log_alpha  Adam at its own learning rate (mask logits)
-  lambdas    Adam at a *negative* learning rate: optax subtracts lr * update, so lr < 0 moves
-             along the gradient, i.e. gradient ascent on the Lagrange multipliers.
-  frozen     the prune state's bookkeeping (clamp_excess, start_sparsity): never changed by the optimizer.
-All Adam groups share the run's b1, b2 and eps, as in the reference (one AdamW, weight
-decay 0 on masks and lambdas).
-Reference-code side effects are options: `schedule_masks` scales the mask/lambda learning
-rates by the weight schedule (reference: yes); `clip_masks` includes masks and lambdas in
-global-norm clipping (reference: yes).
+A stage declares which state leaves train as `Group`s: a name, the state paths it owns, the
+stage block key holding its learning rate, and its sign. Only declared leaves are in the
+trainable tree (`take`) and so in the optimizer state; everything else in the state is
+frozen. The groups jshear uses:
+  weights  ("params",)                  AdamW with the stage's schedule
+  masks    ("prune", "log_alpha")       Adam at mask_lr (learned mask logits)
+  lambdas  ("prune", "lambda1"/"lambda2")  Adam at lambda_lr, gradient *ascent* on the
+                                        Lagrange multipliers
+All Adam groups share the stage's b1, b2 and eps, as in the reference (one AdamW, weight
+decay 0 on masks and lambdas). Reference-code side effects are options: `schedule_masks`
+scales the other groups' learning rates by the weight schedule's shape (reference: yes);
+`clip_masks` includes them in global-norm clipping (reference: yes).
 """
 
 from __future__ import annotations
@@ -52,43 +53,112 @@ def make_schedule(kind: str, peak: float, total_steps: int, warmup_steps: int,
   return optax.join_schedules([warm, decay], [warmup_steps])
 
 
-def _label(path, _):
-  keys = [getattr(k, "key", getattr(k, "name", None)) for k in path]
-  if keys[0] == "params":
-    return "weights"
-  if "clamp_excess" in keys or "start_sparsity" in keys:
-    return "frozen"
-  return "masks" if "log_alpha" in keys else "lambdas"
+@dataclasses.dataclass(frozen=True)
+class Group:
+  """One optimizer group: the train-state subtrees at `paths` (tuples of keys or field
+  names), trained at the stage block's `lr` key; `ascent` climbs the gradient (the key's
+  magnitude is the rate); `weight_decay` applies the block's decoupled weight decay."""
+  name: str
+  paths: tuple
+  lr: str = "lr"
+  ascent: bool = False
+  weight_decay: bool = False
 
 
-def build_optimizer(tc, total_steps: int, has_prune: bool,
+WEIGHTS = Group("weights", (("params",),), weight_decay=True)
+
+
+def _get(node, key):
+  return node[key] if isinstance(node, dict) else getattr(node, key)
+
+
+def _set(node, key, value):
+  if isinstance(node, dict):
+    return {**node, key: value}
+  return node.replace(**{key: value})  # a flax struct dataclass (PruneState)
+
+
+def take(state: dict, groups) -> dict:
+  """The trainable tree: the declared subtrees of `state`, nested by their state paths
+  (e.g. {"params": ..., "prune": {"log_alpha": ...}}); frozen leaves are not in it."""
+  out = {}
+  for g in groups:
+    for path in g.paths:
+      node, sub = state, out
+      for k in path[:-1]:
+        node, sub = _get(node, k), sub.setdefault(k, {})
+      if path[-1] in sub:
+        raise ValueError(f"optimizer groups: state path {'.'.join(path)} is declared twice")
+      sub[path[-1]] = _get(node, path[-1])
+  return out
+
+
+def put(state: dict, groups, tree: dict) -> dict:
+  """`state` with the declared subtrees of `tree` (from `take`) written back at their paths."""
+  def set_path(node, path, value):
+    if len(path) == 1:
+      return _set(node, path[0], value)
+    return _set(node, path[0], set_path(_get(node, path[0]), path[1:], value))
+  for g in groups:
+    for path in g.paths:
+      state = set_path(state, path, take_path(tree, path))
+  return state
+
+
+def take_path(tree, path):
+  for k in path:
+    tree = _get(tree, k)
+  return tree
+
+
+def labels(groups, tree: dict) -> dict:
+  """The group name of every leaf of a trainable tree, from the declaration."""
+  out = tree
+  for g in groups:
+    for path in g.paths:
+      out = put(out, (Group("", (path,)),),
+                _nest(path, jax.tree.map(lambda _: g.name, take_path(tree, path))))
+  return out
+
+
+def _nest(path, value):
+  for k in reversed(path):
+    value = {k: value}
+  return value
+
+
+def build_optimizer(tc, total_steps: int, groups=(WEIGHTS,),
                     span: "Span | None" = None) -> optax.GradientTransformation:
-  """tc: the `train` config block (lr, schedule, warmup_steps, weight_decay, b1, b2, eps,
-  clip_norm, mask_lr, lambda_lr, schedule_masks, clip_masks). `span`: this stage's part of
-  a schedule shared with another stage (`stage_span`)."""
-  sched = schedule_fn(tc, total_steps, span)
-  weights = optax.adamw(sched, b1=tc.b1, b2=tc.b2, eps=tc.eps, weight_decay=tc.weight_decay)
+  """The optimizer over `take(state, groups)`. tc: the stage's block (lr, schedule,
+  warmup_steps, weight_decay, b1, b2, eps, clip_norm, schedule_masks, clip_masks, and each
+  group's lr key). `span`: this stage's part of a schedule shared with another stage
+  (`stage_span`)."""
+  groups = tuple(groups)
+  names = [g.name for g in groups]
+  if len(set(names)) != len(names) or not groups:
+    raise ValueError(f"optimizer groups must be non-empty with distinct names, got {names}")
   clip = optax.clip_by_global_norm(tc.clip_norm) if tc.clip_norm > 0 else optax.identity()
-  if not has_prune:
-    return optax.chain(clip, weights)
-
-  # The weight schedule's shape at peak 1, so a stage with lr=0 still scales these groups.
+  # The weight schedule's shape at peak 1, so a stage with lr=0 still scales other groups.
   shape = schedule_fn(tc, total_steps, span, peak=1.0)
 
-  def group_lr(lr):
+  def group_lr(g):
+    if g.lr == "lr":  # the stage's own schedule
+      return schedule_fn(tc, total_steps, span)
+    lr = -abs(float(tc[g.lr])) if g.ascent else float(tc[g.lr])
     if tc.schedule_masks:
       return lambda step: lr * shape(step)
     return lr
 
-  adam = lambda lr: optax.adam(group_lr(lr), b1=tc.b1, b2=tc.b2, eps=tc.eps)
-  groups = {
-      "weights": weights if tc.clip_masks else optax.chain(clip, weights),
-      "masks": adam(tc.mask_lr),
-      "lambdas": adam(tc.lambda_lr),
-      "frozen": optax.set_to_zero(),
-  }
-  labels = lambda tree: jax.tree_util.tree_map_with_path(_label, tree)
-  opt = optax.multi_transform(groups, labels)
+  def transform(g):
+    if g.weight_decay:
+      t = optax.adamw(group_lr(g), b1=tc.b1, b2=tc.b2, eps=tc.eps, weight_decay=tc.weight_decay)
+    else:
+      t = optax.adam(group_lr(g), b1=tc.b1, b2=tc.b2, eps=tc.eps)
+    # clip_masks=False (not the reference): only the stage-lr groups are clipped, alone.
+    return t if tc.clip_masks or g.lr != "lr" else optax.chain(clip, t)
+
+  opt = optax.multi_transform({g.name: transform(g) for g in groups},
+                              lambda tree: labels(groups, tree))
   return optax.chain(clip, opt) if tc.clip_masks else opt
 
 

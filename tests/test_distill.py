@@ -13,7 +13,7 @@ from jshear.metrics import read_metrics
 from jshear.model.config import ModelConfig
 from jshear.model.params import param_shapes
 from jshear.model.transformer import forward
-from jshear.train.loss import token_targets
+from jshear.model.loss import token_targets
 from jshear.train.pipeline import run
 
 

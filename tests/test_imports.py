@@ -1,4 +1,6 @@
-"""No jshear module imports itself in a cycle, at module level or inside a function.
+"""No jshear module imports itself in a cycle, at module level or inside a function, and
+no module imports one from a higher layer (LAYERS below; entry points, `__main__`, may
+import anything).
 
 A function-level import only delays the cycle to the first call, so both count. Each module
 is parsed with `ast` (nothing is imported); `if TYPE_CHECKING:` blocks never run and are
@@ -10,6 +12,21 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# The package's layers, lowest first: a module may import its own layer and lower ones.
+# A module belongs to the longest prefix that names it.
+LAYERS = (
+    ("bottom", ("jshear", "jshear.errors", "jshear.cache", "jshear.metrics", "jshear.config_base",
+                "jshear.config_check", "jshear.atomic", "jshear.hostmem")),
+    ("1", ("jshear.model", "jshear.kernels", "jshear.sharding", "jshear.optim",
+           "jshear.checkpoint", "jshear.distributed")),
+    ("2", ("jshear.prune", "jshear.data", "jshear.convert", "jshear.model_io")),
+    ("3", ("jshear.distill",)),
+    ("4", ("jshear.eval",)),
+    ("5", ("jshear.assets",)),
+    ("6", ("jshear.train",)),
+    ("top", ("jshear.experiments", "jshear.cli")),
+)
 
 
 def _modules(pkg_dir: Path) -> dict[str, Path]:
@@ -147,3 +164,46 @@ def test_graph_sees_relative_and_function_level_imports(tmp_path):
 def test_no_import_cycles_in_jshear():
   cycles = find_cycles(import_graph())
   assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def layer_of(module: str, layers=LAYERS) -> int:
+  best = None
+  for i, (_, prefixes) in enumerate(layers):
+    for p in prefixes:
+      if (module == p or module.startswith(p + ".")) and (best is None or len(p) > best[1]):
+        best = (i, len(p))
+  if best is None:
+    raise AssertionError(f"{module} is in no layer of tests/test_imports.py LAYERS")
+  return best[0]
+
+
+def upward_imports(graph: dict[str, set[str]], layers=LAYERS) -> list[str]:
+  out = []
+  for m, targets in sorted(graph.items()):
+    if m.split(".")[-1] == "__main__":
+      continue
+    for t in sorted(targets):
+      if layer_of(t, layers) > layer_of(m, layers):
+        out.append(f"{m} (layer {layers[layer_of(m, layers)][0]}) imports {t} (layer "
+                   f"{layers[layer_of(t, layers)][0]})")
+  return out
+
+
+def test_an_upward_import_is_caught(tmp_path):
+  pkg = tmp_path / "p"
+  (pkg / "low").mkdir(parents=True)
+  (pkg / "__init__.py").write_text("")
+  (pkg / "low" / "__init__.py").write_text("")
+  (pkg / "low" / "a.py").write_text("X = 1\n")
+  (pkg / "high.py").write_text("from p.low import a\n")
+  (pkg / "__main__.py").write_text("from p import high\n")
+  layers = (("bottom", ("p",)), ("1", ("p.low",)), ("2", ("p.high",)))
+  assert upward_imports(import_graph(pkg), layers) == []   # downward, and an entry point
+  (pkg / "low" / "a.py").write_text("def f():\n  from p import high\n")  # planted
+  assert upward_imports(import_graph(pkg), layers) == [
+      "p.low.a (layer 1) imports p.high (layer 2)"]
+
+
+def test_no_module_imports_a_higher_layer():
+  bad = upward_imports(import_graph())
+  assert not bad, "imports that point up a layer:\n" + "\n".join(bad)

@@ -19,6 +19,7 @@ from jshear.errors import JShearError
 from jshear.metrics import read_metrics
 from jshear.model.transformer import forward
 from jshear.prune.deterministic import deterministic_masks
+from jshear.train import stages
 from jshear.train.loop import Context, restore_final_state
 from jshear.train.pipeline import run
 from jshear.train.stages.choosers import prune_spec
@@ -139,7 +140,7 @@ def _finalized_is_the_last_evaluated(world, cfg, workdir):
   mesh = shd.make_mesh(dict(cfg.mesh.ici), dict(cfg.mesh.dcn))
   with jax.set_mesh(mesh):
     ctx = Context(cfg=cfg, workdir=workdir, mesh=mesh, writer=None, data_dir=world["data"])
-    state = restore_final_state(ctx, "prune", cfg.prune, src.cfg, prune_spec(cfg, src.cfg))
+    state = restore_final_state(ctx, stages.get("prune"), src.cfg, prune_spec(cfg, src.cfg))
     from jshear.prune.state import eval_masks
     masks = jax.device_get(eval_masks(jax.tree.map(shd.to_host, state["prune"])))
     params = jax.device_get(state["params"])
@@ -202,7 +203,7 @@ def test_each_stage_draws_its_own_data_stream(world):
   cfg = tiny_world.config(world)
   sources = domain_sources(world["data"], "train")
   w = {d: 1 / len(sources) for d in sources}
-  first = {s: MixtureLoader(sources, w, 8, seed=stage_seed(cfg, s)).next_batch()["tokens"]
+  first = {s: MixtureLoader(sources, w, 8, seed=stage_seed(cfg, stages.get(s))).next_batch()["tokens"]
            for s in ("prune", "continue")}
   assert not np.array_equal(first["prune"], first["continue"])
 
@@ -228,9 +229,9 @@ def test_a_shared_stream_gives_methods_the_same_rows(world, tmp_path):
   for st in states.values():
     st.pop("weight_history")
   assert states["learned"] == states["magnitude"]
-  assert states["learned"]["step"] == 4 and states["learned"]["seed"] == stage_seed(cfg, "prune")
+  assert states["learned"]["step"] == 4 and states["learned"]["seed"] == stage_seed(cfg, stages.get("prune"))
   cfg.data.stream = "one"
-  with pytest.raises(JShearError, match="data.stream must be one of"):
+  with pytest.raises(JShearError, match="data.stream='one' must be one of"):
     run(cfg, str(tmp_path / "bad"))
   assert not os.path.exists(tmp_path / "bad")
 
@@ -260,7 +261,7 @@ def test_drop_checkpoints_keeps_what_later_stages_read(world, tmp_path):
   ck = Checkpointer(str(w / "continue" / "checkpoints"))
   loader = ck.read_extra()["loader"]
   ck.close()
-  assert loader["step"] == 4 and loader["seed"] == stage_seed(cfg, "prune")
+  assert loader["step"] == 4 and loader["seed"] == stage_seed(cfg, stages.get("prune"))
   (w / "finalize" / "DONE").unlink()
   with pytest.raises(JShearError, match="holds no checkpoint"):
     run(cfg, str(w))
@@ -281,7 +282,7 @@ def test_a_new_method_in_a_finished_workdir_chooses_new_masks(world, tmp_path):
 
 
 def test_swap_evaluates_both_masks_on_both_weights(world, learned, tmp_path):
-  from jshear.swap import swap
+  from jshear.experiments.swap import swap
   cfg = _learned_config(world, steps=2)
   cfg.prune.method, cfg.final_eval = "random", False
   run(cfg, str(tmp_path / "oneshot"))

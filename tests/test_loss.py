@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jshear.train.loss import nll_sum, per_row_nll, token_nll, token_targets
+from jshear.model.loss import nll_sum, per_row_nll, token_nll, token_targets
 
 
 def test_token_nll_matches_optax():

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from jshear import plan
+from jshear.train import plan
 from jshear.errors import JShearError
 from jshear.prune.targets import target_config
 from jshear.train.pipeline import prune_spec
@@ -22,7 +22,7 @@ CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
 
 def _run(*args):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "jshear.plan", *args], cwd=REPO, env=env,
+  return subprocess.run([sys.executable, "-m", "jshear.train.plan", *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=600)
 
 

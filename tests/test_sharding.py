@@ -11,9 +11,10 @@ from jshear.errors import JShearError
 from jshear.model.config import ModelConfig
 from jshear.model.params import init_params
 from jshear.prune.targets import TargetShape
-from jshear.train.loop import Context, PruneSpec, state_plan
-from jshear.train.state_sharding import put_global
-from jshear.train.step import make_train_step
+from jshear.train import stages
+from jshear.train.compile import stage_step
+from jshear.train.loop import Context, PruneSpec
+from jshear.model.state_sharding import put_global
 
 CFG = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2,
                   num_heads=4, num_kv_heads=2, head_dim=8)
@@ -28,8 +29,8 @@ def _run(mesh_shape, steps=3):
   block = cfg.prune
   block.batch_size, block.grad_accum, block.lr, block.warmup_steps = 8, 2, 1e-2, 1
   ctx = Context(cfg=cfg, workdir="", mesh=mesh, writer=None, data_dir="")
-  optimizer, prune_state, make_state, abstract, shardings = state_plan(ctx, "prune", block, CFG,
-                                                                       SPEC)
+  plan = stage_step(ctx, stages.get("prune"), CFG, SPEC)
+  make_state, prune_state, shardings = plan.make_state, plan.prune_state, plan.shardings
   params = jax.device_get(init_params(CFG, jax.random.key(0)))
   rng = np.random.default_rng(0)
   batches = []
@@ -38,9 +39,7 @@ def _run(mesh_shape, steps=3):
     seg = np.repeat(np.array([[1] * 10 + [2] * 6]), 8, axis=0).astype(np.int32)
     pos = np.repeat(np.array([list(range(10)) + list(range(6))]), 8, axis=0).astype(np.int32)
     batches.append({"tokens": toks, "segment_ids": seg, "positions": pos})
-  step = jax.jit(make_train_step(CFG, optimizer, grad_accum=2, prune_warmup_steps=2),
-                 in_shardings=(shardings, shd.batch_sharding(mesh)),
-                 out_shardings=(shardings, shd.replicated(mesh)), donate_argnums=0)
+  step = plan.step
   with jax.set_mesh(mesh):
     state = jax.jit(make_state, out_shardings=shardings)(
         put_global(params, shardings["params"]), prune_state)

@@ -8,7 +8,7 @@ import transformers
 from jshear import assets
 from jshear.convert.hf_import import read_hf_params
 from jshear.model.transformer import forward
-from jshear.train.loss import nll_sum
+from jshear.model.loss import nll_sum
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,10 @@ from jshear.model.params import init_params
 from jshear.config_base import base_config
 from jshear.optim import (build_optimizer, check_one_schedule, make_schedule, schedule_fn,
                           stage_span)
-from jshear.train.state_sharding import put_global, state_shardings
-from jshear.train.step import init_state, make_train_step
+from jshear.model.state_sharding import put_global, state_shardings
+from jshear.train.step import init_state, make_train_step, step_addons, step_groups
+
+GATES = step_groups(step_addons(gates=True))  # weights, mask logits, multipliers
 
 CFG = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2,
                   num_heads=4, num_kv_heads=2, head_dim=8)
@@ -32,7 +34,7 @@ def _batch(seed=0, B=8, T=16):
 
 def _state(block=None):
   block = block or train_block(steps=10, warmup_steps=0, lr=1e-2, schedule="constant")
-  opt = build_optimizer(block, block.steps, False)
+  opt = build_optimizer(block, block.steps)
   return opt, init_state(init_params(CFG, jax.random.key(0)), opt, 0)
 
 
@@ -147,7 +149,7 @@ def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
 def test_optimizer_groups_descend_weights_and_masks_and_ascend_lambdas():
   block = train_block(steps=10, warmup_steps=0, lr=1e-3, schedule="constant", mask_lr=0.5,
                       lambda_lr=-0.25, schedule_masks=False, clip_masks=False, clip_norm=0.0)
-  opt = build_optimizer(block, 10, True)
+  opt = build_optimizer(block, 10, GATES)
   tree = {"params": {"w": jnp.zeros(3)},
           "prune": {"log_alpha": {"hidden": jnp.zeros(4)}, "lambda1": {"hidden": jnp.zeros(())},
                     "lambda2": {"hidden": jnp.zeros(())}}}
@@ -157,6 +159,41 @@ def test_optimizer_groups_descend_weights_and_masks_and_ascend_lambdas():
   np.testing.assert_allclose(new["params"]["w"], -1e-3, rtol=1e-3)          # AdamW step
   np.testing.assert_allclose(new["prune"]["log_alpha"]["hidden"], -0.5, rtol=1e-3)
   np.testing.assert_allclose(new["prune"]["lambda1"]["hidden"], 0.25, rtol=1e-3)  # ascent
+
+
+def test_groups_come_from_the_declaration_and_frozen_leaves_stay_out():
+  """A group named as nothing jshear knows (an adapter at "lora") trains at its declared lr;
+  the weights, declared nowhere, are frozen: bitwise unchanged and not in the optimizer
+  state. Labels follow the declaration, not key names."""
+  from jshear.optim import Group
+  from jshear.train.step import build_step, lm_loss
+  block = train_block(steps=10, warmup_steps=0, lr=1e-3, schedule="constant", mask_lr=0.5)
+  adapters = Group("adapters", (("lora",),), lr="mask_lr")
+  opt = build_optimizer(block, 10, (adapters,))
+  params = init_params(CFG, jax.random.key(0))
+  # A stand-in adapter: a scale on the final norm, so the loss depends on it.
+  lora = {"scale": jnp.ones((CFG.hidden_size,), jnp.float32)}
+  state = init_state(params, opt, 0, groups=(adapters,), extra={"lora": lora})
+  leaves = jax.tree.leaves(state["opt_state"])
+  n_params = sum(x.size for x in jax.tree.leaves(params))
+  assert sum(x.size for x in leaves) < n_params       # no moments for the frozen weights
+  base = lm_loss(CFG)
+
+  def loss(view, mb, inp):
+    p = dict(view["params"])
+    p["final_norm"] = p["final_norm"] * view["lora"]["scale"]
+    return base({**view, "params": p}, mb, inp)
+
+  step = jax.jit(build_step(opt, loss, groups=(adapters,)))
+  new, m = step(state, _batch())
+  new, m = step(new, _batch(1))
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(new["params"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  moved = np.abs(np.asarray(new["lora"]["scale"]) - 1.0)
+  assert moved.max() > 0.1  # Adam at lr 0.5: about one lr per step
+  with pytest.raises(ValueError, match="declared twice"):
+    init_state(params, opt, 0, groups=(adapters, Group("again", (("lora",),))),
+               extra={"lora": lora})
 
 
 def _prune_state(mid=0.0):
@@ -171,12 +208,13 @@ def _prune_state(mid=0.0):
 def test_learned_masks_draw_a_fresh_sample_per_micro_batch_shared_by_all_shards():
   from jshear.model.transformer import forward
   from jshear.prune.state import sample_masks
-  from jshear.train.loss import nll_sum
+  from jshear.model.loss import nll_sum
   from jshear.train.step import split_micro
   opt = optax.sgd(0.0)
-  state = init_state(init_params(CFG, jax.random.key(0)), opt, 0, prune=_prune_state())
+  state = init_state(init_params(CFG, jax.random.key(0)), opt, 0, prune=_prune_state(),
+                     groups=GATES)
   batch = _batch(5)
-  _, m = jax.jit(make_train_step(CFG, opt, grad_accum=2))(state, batch)
+  _, m = jax.jit(make_train_step(CFG, opt, grad_accum=2, gates=True))(state, batch)
   # By hand: micro-batch i (rows i, i+2, ...) under the sample for (step 0, micro i).
   rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), 1)
   micro = split_micro({k: jnp.asarray(v) for k, v in batch.items()}, 2)
@@ -195,8 +233,8 @@ def test_learned_masks_draw_a_fresh_sample_per_micro_batch_shared_by_all_shards(
   mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   sharded = {k: jax.device_put(v, rows) for k, v in batch.items()}
-  _, m8 = jax.jit(make_train_step(CFG, opt, grad_accum=1))(state, sharded)
-  _, m1 = jax.jit(make_train_step(CFG, opt, grad_accum=1))(state, batch)
+  _, m8 = jax.jit(make_train_step(CFG, opt, grad_accum=1, gates=True))(state, sharded)
+  _, m1 = jax.jit(make_train_step(CFG, opt, grad_accum=1, gates=True))(state, batch)
   np.testing.assert_allclose(float(m8["lm_loss"]), float(m1["lm_loss"]), rtol=1e-5)
   by_hand = [float(nll_sum(forward(state["params"], jnp.asarray(batch["tokens"]),
                                    sample_masks(state["prune"], rng, 0, 0), cfg=CFG,
@@ -208,10 +246,11 @@ def test_learned_masks_draw_a_fresh_sample_per_micro_batch_shared_by_all_shards(
 
 def test_zero_weight_lr_keeps_mask_and_lambda_updates_finite():
   block = train_block(steps=10, warmup_steps=2, lr=0.0, schedule="cosine")
-  opt = build_optimizer(block, block.steps, True)
-  state = init_state(init_params(CFG, jax.random.key(0)), opt, 0, prune=_prune_state(2.0))
-  new, m = jax.jit(make_train_step(CFG, opt, prune_warmup_steps=0))(state, _batch())
-  new, m = jax.jit(make_train_step(CFG, opt, prune_warmup_steps=0))(new, _batch())
+  opt = build_optimizer(block, block.steps, GATES)
+  state = init_state(init_params(CFG, jax.random.key(0)), opt, 0, prune=_prune_state(2.0),
+                     groups=GATES)
+  new, m = jax.jit(make_train_step(CFG, opt, prune_warmup_steps=0, gates=True))(state, _batch())
+  new, m = jax.jit(make_train_step(CFG, opt, prune_warmup_steps=0, gates=True))(new, _batch())
   assert int(m["skipped"]) == 0
   la0, la2 = state["prune"].log_alpha["hidden"], new["prune"].log_alpha["hidden"]
   assert np.all(np.isfinite(np.asarray(la2))) and not np.array_equal(la0, la2)
@@ -223,14 +262,15 @@ def test_deterministic_gate_forward_trains_the_kept_masks_with_straight_through_
   from jshear.model.transformer import forward
   from jshear.prune import hard_concrete
   from jshear.prune.state import eval_masks
-  from jshear.train.loss import nll_sum
+  from jshear.model.loss import nll_sum
   ps = _prune_state()
   la = {g: jnp.asarray(np.random.default_rng(7).uniform(-3, 3, a.shape), jnp.float32)
         for g, a in ps.log_alpha.items()}
   ps = ps.replace(log_alpha=la, binary_masks=True)  # as the pipeline pairs them
-  state = init_state(init_params(CFG, jax.random.key(0)), optax.sgd(1.0), 0, prune=ps)
+  state = init_state(init_params(CFG, jax.random.key(0)), optax.sgd(1.0), 0, prune=ps,
+                     groups=GATES)
   batch = _batch(5)
-  step = jax.jit(make_train_step(CFG, optax.sgd(1.0), grad_accum=2,
+  step = jax.jit(make_train_step(CFG, optax.sgd(1.0), grad_accum=2, gates=True,
                                  gate_forward="deterministic"))
   new, m = step(state, batch)
   # By hand: the loss of the deterministic masks, and its gradient on each mask entry
@@ -254,4 +294,4 @@ def test_deterministic_gate_forward_trains_the_kept_masks_with_straight_through_
     np.testing.assert_allclose(np.asarray(new["prune"].log_alpha[g]), np.asarray(want),
                                rtol=1e-4, atol=1e-6)
   with pytest.raises(ValueError, match="gate_forward"):
-    make_train_step(CFG, optax.sgd(1.0), gate_forward="hard")
+    make_train_step(CFG, optax.sgd(1.0), gates=True, gate_forward="hard")

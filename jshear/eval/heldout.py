@@ -19,14 +19,15 @@ import numpy as np
 from jshear import sharding as shd
 from jshear.data.mixture import domain_sources
 from jshear.data.shards import positions_from_segments
-from jshear.train.step import make_eval_step
+from jshear.model.loss import row_nll
 
 
 def heldout_losses(ctx, model_cfg, params, masks=None, rows: int = 64,
                    batch_size: int = 8) -> dict:
   """{"mean", "se", "domains": {d: {"loss", "se", "rows"}}} over up to `rows` rows a domain."""
   sources = domain_sources(ctx.data_dir, "eval")
-  fn = jax.jit(make_eval_step(model_cfg), out_shardings=shd.replicated(ctx.mesh))
+  fn = jax.jit(lambda p, m, b: row_nll(p, b, cfg=model_cfg, masks=m),
+               out_shardings=shd.replicated(ctx.mesh))
   domains = {}
   for d in sorted(sources):
     src = sources[d]

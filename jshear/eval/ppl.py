@@ -35,23 +35,20 @@ from jshear.errors import JShearError
 def _eval_fn(cfg, compute_dtype=None):
   import jax
   import jax.numpy as jnp
-  from jshear.model.transformer import forward
-  from jshear.train.loss import token_nll
+  from jshear.model.loss import row_nll
 
   def fn(params, masks, tokens, positions, segment_ids, weights):
-    logits = forward(params, tokens, masks, cfg=cfg, positions=positions,
-                     segment_ids=segment_ids, compute_dtype=compute_dtype)
-    targets = jnp.pad(tokens[:, 1:], ((0, 0), (0, 1)))
-    if weights.shape[1] == tokens.shape[1] - 1:  # per-target weights: the last position has none
-      weights = jnp.pad(weights, ((0, 0), (0, 1)))
-    return jnp.sum(token_nll(logits, targets) * weights), jnp.sum(weights)
+    batch = {"tokens": tokens, "positions": positions, "segment_ids": segment_ids}
+    nll, cnt = row_nll(params, batch, cfg=cfg, masks=masks, compute_dtype=compute_dtype,
+                       weights=weights)
+    return jnp.sum(nll), jnp.sum(cnt)
 
   return jax.jit(fn)
 
 
 def batch_nll(params, cfg, batch: Mapping, masks=None, compute_dtype=None, weights=None):
   """(NLL sum, scored-token count) of one packed batch, as device scalars."""
-  from jshear.train.loss import token_targets
+  from jshear.model.loss import token_targets
   tokens = batch["tokens"]
   if weights is None:
     _, weights = token_targets(batch)

@@ -33,6 +33,7 @@ def swap(cfg, learned: str, oneshot: str, rows: int) -> dict:
   from jshear.eval.heldout import heldout_losses
   from jshear.train.loop import Context, restore_final_state
   from jshear.train.pipeline import resolve_data
+  from jshear.train import stages
   from jshear.train.stages import masks_io
   from jshear.train.stages.choosers import prune_spec
   from jshear.train.stages.common import load_any, resolve_source
@@ -42,7 +43,7 @@ def swap(cfg, learned: str, oneshot: str, rows: int) -> dict:
   out = {}
   with jax.set_mesh(mesh):
     ctx = Context(cfg=cfg, workdir=learned, mesh=mesh, writer=None, data_dir=data)
-    drifted = jax.device_get(restore_final_state(ctx, "prune", cfg.prune, src.cfg,
+    drifted = jax.device_get(restore_final_state(ctx, stages.get("prune"), src.cfg,
                                                  prune_spec(cfg, src.cfg))["params"])
     for mname, wd in (("learned masks", learned), ("one-shot masks", oneshot)):
       masks = masks_io.load(wd)

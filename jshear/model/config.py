@@ -14,6 +14,24 @@ _FAMILY_OF_MODEL_TYPE = {"llama": "llama", "mistral": "llama", "qwen2": "llama",
                          "cohere": "parallel"}
 _ROPE_TYPES = ("default", "linear", "llama3")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def compute_dtype(name):
+  """The one parser of a compute dtype name (config.model.compute_dtype, eval --dtype):
+  None for float32 (compute in the params' dtype), else the jnp dtype."""
+  if name in ("", "float32", None):
+    return None
+  if name not in COMPUTE_DTYPES:
+    raise JShearError(f"compute dtype {name!r} is not one of {list(COMPUTE_DTYPES)}")
+  import jax.numpy as jnp
+  return jnp.dtype(name)
+
+
+# The config.model.* keys that shape a model built from scratch (the pretrain stage, the
+# planner, compare's from-scratch row): one list.
+SHAPE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+              "num_kv_heads", "head_dim", "family", "qk_norm", "tie_embeddings", "rope_theta")
 
 
 @dataclasses.dataclass(frozen=True)

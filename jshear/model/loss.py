@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jshear.model.transformer import forward
+
 
 def token_targets(batch: dict):
   """(targets, weights), both [B, T]: position t predicts token t+1, only inside one document
@@ -40,4 +42,19 @@ def nll_sum(logits, batch: dict):
 def per_row_nll(logits, batch: dict):
   """Per-sequence (NLL sum, token count): for per-domain evaluation."""
   targets, weights = token_targets(batch)
+  return jnp.sum(token_nll(logits, targets) * weights, axis=1), jnp.sum(weights, axis=1)
+
+
+def row_nll(params, batch: dict, *, cfg, masks=None, compute_dtype=None, weights=None):
+  """The one per-row scorer: per-sequence (NLL sum, scored-token count) of the (masked)
+  model on a packed batch. `weights` [B, T] (or [B, T-1], per target) replace the default
+  next-token weights (e.g. to score only a continuation). Every evaluation path (held-out
+  loss, the in-loop domain eval, `eval ppl`) sums these."""
+  logits = forward(params, batch["tokens"], masks, cfg=cfg, positions=batch.get("positions"),
+                   segment_ids=batch.get("segment_ids"), compute_dtype=compute_dtype)
+  targets, default = token_targets(batch)
+  if weights is None:
+    weights = default
+  elif weights.shape[1] == batch["tokens"].shape[1] - 1:  # per target: the last has none
+    weights = jnp.pad(weights, ((0, 0), (0, 1)))
   return jnp.sum(token_nll(logits, targets) * weights, axis=1), jnp.sum(weights, axis=1)

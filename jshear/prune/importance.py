@@ -151,7 +151,7 @@ def make_scorer(cfg: ModelConfig, mesh=None):
   if mesh is not None:
     from jshear import sharding as shd
     from jshear.model.params import abstract_params
-    from jshear.train.state_sharding import param_shardings, put_global
+    from jshear.model.state_sharding import param_shardings, put_global
     p_sh = param_shardings(cfg, abstract_params(cfg), mesh)
     b_sh = shd.batch_sharding(mesh)
     dp = mesh.shape["data"] * mesh.shape["fsdp"]

@@ -33,16 +33,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from jshear.config_check import MASK_INITS  # noqa: F401 (defined there, re-exported)
 from jshear.errors import JShearError
 from jshear.prune import hard_concrete
 from jshear.prune.deterministic import deterministic_masks
 from jshear.prune.targets import TargetShape
 
-MASK_INITS = ("uniform", "importance")
-
 
 def check_config(p) -> None:
-  from jshear.train.step import GATE_FORWARDS, SIZE_CONTROLS
+  from jshear.prune.gates import GATE_FORWARDS, SIZE_CONTROLS
   if p.size_control not in SIZE_CONTROLS:
     raise JShearError(f"config.prune.size_control={p.size_control!r} (known: "
                       f"{list(SIZE_CONTROLS)})")

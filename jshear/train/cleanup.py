@@ -20,21 +20,21 @@ import jax
 from jshear import distributed
 from jshear.checkpoint import Checkpointer
 from jshear.train.loop import stream_end_path
+from jshear.train import stages as stage_table
 from jshear.train.stages.common import write_json_atomic
 
 _log = logging.getLogger(__name__)
-# Stages whose checkpoints another stage reads after they are done.
-_READ_BY = {"prune": "finalize"}
 
 
 def drop(workdir: str, stages, is_done) -> list[str]:
-  """Deletes the checkpoints of every done stage whose reader is done too; returns the
-  checkpoint dirs deleted. `is_done(stage)` says whether a stage is finished."""
+  """Deletes the checkpoints of every done stage whose readers (stages that declare
+  `reads_checkpoints` of it) are done too; returns the checkpoint dirs deleted.
+  `is_done(stage)` says whether a stage is finished."""
   dropped = []
   for stage in stages:
     ck = os.path.join(workdir, stage, "checkpoints")
-    reader = _READ_BY.get(stage)
-    if not os.path.isdir(ck) or not is_done(stage) or (reader and not is_done(reader)):
+    readers = [s.name for s in stage_table.STAGES if stage in s.reads_checkpoints]
+    if not os.path.isdir(ck) or not is_done(stage) or not all(is_done(r) for r in readers):
       continue
     if stage == "prune":
       c = Checkpointer(ck)

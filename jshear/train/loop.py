@@ -6,7 +6,6 @@ Resumable: the loop restores the latest checkpoint of its stage (train state + l
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -14,7 +13,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
@@ -23,41 +21,16 @@ from jshear.checkpoint import Checkpointer, abstract_like
 from jshear.data import reweight, upsample
 from jshear.data.mixture import MixtureLoader, domain_sources
 from jshear.errors import JShearError
-from jshear.metrics import MetricsWriter, attention_flops_per_token, model_flops_per_token
+from jshear.metrics import attention_flops_per_token, model_flops_per_token
 from jshear.model.config import ModelConfig
-from jshear.model.masks import mask_shapes
-from jshear.model.params import abstract_params
-from jshear.optim import build_optimizer, schedule_fn, stage_span
-from jshear.prune.state import eval_masks, init_prune_state, kept_units
-from jshear.train.loss import per_row_nll
-from jshear.model.transformer import forward
-from jshear.train.state_sharding import put_global, state_shardings
-from jshear.train.step import init_state, make_train_step
+from jshear.optim import schedule_fn, stage_span
+from jshear.model.loss import row_nll
+from jshear.model.state_sharding import put_global
+from jshear.prune.state import eval_masks, kept_units
+from jshear.train.compile import compute_dtype, stage_step
+from jshear.train.context import Context, PruneSpec  # noqa: F401  (re-exported)
 
 _log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class Context:
-  """What every stage of one run shares."""
-  cfg: object                    # the run's ConfigDict
-  workdir: str
-  mesh: object
-  writer: MetricsWriter
-  data_dir: str
-  prune_trains: bool = False     # the prune method trains the weights (learned, iterative)
-
-
-@dataclasses.dataclass
-class PruneSpec:
-  target: object                 # TargetShape
-  groups: tuple
-  constraint: str
-  warmup_steps: int
-
-
-def _dtype(name):
-  return None if name in ("", "float32", None) else jnp.dtype(name)
 
 
 class DomainEval:
@@ -96,10 +69,7 @@ class DomainEval:
     K = len(self.domains)
 
     def eval_fn(params, masks, batch):
-      logits = forward(params, batch["tokens"], masks, cfg=model_cfg,
-                       positions=batch["positions"], segment_ids=batch["segment_ids"],
-                       compute_dtype=compute_dtype)
-      nll, cnt = per_row_nll(logits, batch)
+      nll, cnt = row_nll(params, batch, cfg=model_cfg, masks=masks, compute_dtype=compute_dtype)
       return (jax.ops.segment_sum(nll, batch["domain"], K),
               jax.ops.segment_sum(cnt, batch["domain"], K))
 
@@ -130,10 +100,10 @@ def _initial_weights(block, domains) -> dict:
   return {d: float(w[d]) for d in domains}
 
 
-def stage_seed(cfg, name: str) -> int:
+def stage_seed(cfg, stage) -> int:
   """Each stage's own seed (state rng and data stream): continued pretraining must not
-  replay the rows the pruning stage trained on."""
-  return cfg.seed * 1000 + {"pretrain": 1, "prune": 2, "continue": 3}.get(name, 4)
+  replay the rows the pruning stage trained on (offsets: the stages' declarations)."""
+  return stage.seed(cfg)
 
 
 def _span(ctx: Context, name: str):
@@ -150,12 +120,12 @@ def data_stream(cfg) -> str:
   return stream
 
 
-def data_seed(cfg, name: str) -> int:
-  """The seed of stage `name`'s data stream: its own, or with data.stream=shared the one
-  stream the prune and continue stages share."""
-  if data_stream(cfg) == "shared" and name == "continue":
-    return stage_seed(cfg, "prune")
-  return stage_seed(cfg, name)
+def data_seed(cfg, stage) -> int:
+  """The seed of `stage`'s data stream: its own, or with data.stream=shared the stream of
+  the stage it continues (`Stage.stream_from`: continue draws the pruning stage's)."""
+  if data_stream(cfg) == "shared" and stage.stream_from is not None:
+    return stage.stream_from.seed(cfg)
+  return stage.seed(cfg)
 
 
 def stream_end_path(workdir: str) -> str:
@@ -171,14 +141,14 @@ def _read_stream_end(workdir: str) -> dict | None:
     return json.load(f)
 
 
-def _shared_stream_start(ctx: Context, name: str):
-  """With data.stream=shared, the loader state the continue stage picks up: where this
-  workdir's pruning stage stopped (None: the stream's start)."""
-  if data_stream(ctx.cfg) != "shared" or name != "continue":
+def _shared_stream_start(ctx: Context, stage):
+  """With data.stream=shared, the loader state `stage` picks up: where this workdir's
+  `stage.stream_from` (the pruning stage) stopped (None: the stream's start)."""
+  if data_stream(ctx.cfg) != "shared" or stage.stream_from is None:
     return None
   if not ctx.prune_trains:
     return None
-  ck = os.path.join(ctx.workdir, "prune", "checkpoints")
+  ck = os.path.join(ctx.workdir, stage.stream_from.name, "checkpoints")
   c = Checkpointer(ck) if os.path.isdir(ck) else None
   try:
     if c is None or c.latest_step() is None:
@@ -195,49 +165,25 @@ def _shared_stream_start(ctx: Context, name: str):
       c.close()
 
 
-def state_plan(ctx: Context, name: str, block, model_cfg: ModelConfig, prune: PruneSpec | None,
-               mask_groups=None, init_log_alpha=None):
-  """(optimizer, initial prune state, make_state, abstract state, state shardings).
-  `mask_groups`: iterative pruning keeps 0/1 masks of these groups in the state.
-  `init_log_alpha`: a callable giving learned masks' starting logits (None: uniform)."""
-  cfg = ctx.cfg
-  optimizer = build_optimizer(block, block.steps, prune is not None, _span(ctx, name))
-  prune_state = None
-  if prune is not None:
-    prune_state = init_prune_state(model_cfg, prune.target, prune.groups,
-                                   jax.random.key(cfg.seed + 17), prune.constraint,
-                                   log_alpha=init_log_alpha() if init_log_alpha else None,
-                                   bounds=tuple(cfg.prune.log_alpha_bounds),
-                                   binary_masks=cfg.prune.gate_forward == "deterministic")
-  seed = stage_seed(cfg, name)
-  fixed = None
-  if mask_groups:
-    shapes = mask_shapes(model_cfg)
-    fixed = {g: np.ones(shapes[g], np.float32) for g in mask_groups}
-  make_state = lambda params, ps: init_state(params, optimizer, seed, ps, fixed)
-  abstract = jax.eval_shape(
-      make_state, abstract_params(model_cfg, jnp.dtype(cfg.model.param_dtype)), prune_state)
-  return optimizer, prune_state, make_state, abstract, state_shardings(model_cfg, abstract,
-                                                                       ctx.mesh)
-
-
-def checkpointer(ctx: Context, name: str, block) -> Checkpointer:
-  return Checkpointer(os.path.join(ctx.workdir, name, "checkpoints"), block.keep_last,
+def checkpointer(ctx: Context, stage) -> Checkpointer:
+  block = ctx.cfg[stage.block]
+  return Checkpointer(os.path.join(ctx.workdir, stage.name, "checkpoints"), block.keep_last,
                       block.keep_every or None)
 
 
-def restore_final_state(ctx: Context, name: str, block, model_cfg: ModelConfig,
+def restore_final_state(ctx: Context, stage, model_cfg: ModelConfig,
                         prune: PruneSpec | None, mask_groups=None):
-  """The last saved train state of a finished stage."""
-  _, _, _, abstract, shardings = state_plan(ctx, name, block, model_cfg, prune, mask_groups)
-  ckpt = checkpointer(ctx, name, block)
+  """The last saved train state of a finished stage (its declaration: `stage`)."""
+  plan = stage_step(ctx, stage, model_cfg, prune, mask_groups)
+  name = stage.name
+  ckpt = checkpointer(ctx, stage)
   try:
     if ckpt.latest_step() is None:
       raise JShearError(
           f"stage {name} is done but {ckpt.directory} holds no checkpoint (deleted, e.g. by "
           f"drop_checkpoints=True before a later stage needed it); run stage {name} again: "
           f"delete {os.path.join(ctx.workdir, name, 'DONE')} or use a new --workdir")
-    state, _ = ckpt.restore(abstract_like(abstract, shardings))
+    state, _ = ckpt.restore(abstract_like(plan.abstract, plan.shardings))
   finally:
     ckpt.close()
   return state
@@ -266,38 +212,41 @@ def _check_streaks(name: str, streaks: list, max_bad: int, step: int) -> None:
                       f"(max_bad_steps={max_bad}); lower the lr or check data")
 
 
-def train_stage(ctx: Context, name: str, block, model_cfg: ModelConfig, params_host,
+def train_stage(ctx: Context, stage, model_cfg: ModelConfig, params_host,
                 prune: PruneSpec | None = None, distill=None, reference=None, schedule=None,
                 init_log_alpha=None):
-  """Trains `params_host` (numpy, or None when a checkpoint exists) for `block.steps`.
+  """Trains `params_host` (numpy, or None when a checkpoint exists) for the steps of the
+  stage's block. `stage`: its declaration (jshear.train.stages.base.Stage).
   `schedule`: a `jshear.prune.iterative.MaskSchedule` whose masks replace the state's
   before the steps where they change (iterative pruning).
   `reference`: a callable giving per-domain reference losses when the config has none
   (default: the stage's own starting model).
   `distill`: a `jshear.distill.Setup` (teachers run inside the step, sharded like the
   student). Returns (final train state, evaluator)."""
-  cfg, mesh = ctx.cfg, ctx.mesh
+  cfg, mesh, name = ctx.cfg, ctx.mesh, stage.name
+  block = cfg[stage.block]
   shd.validate_layout(mesh, block.batch_size, block.grad_accum, model_cfg.num_heads)
   if block.batch_size % jax.process_count():
     raise JShearError(f"{name}.batch_size ({block.batch_size}) must divide by the number of "
                       f"processes ({jax.process_count()})")
-  compute_dtype = _dtype(cfg.model.compute_dtype)
-  ckpt = checkpointer(ctx, name, block)
+  ckpt = checkpointer(ctx, stage)
   resuming = ckpt.latest_step() is not None
-  optimizer, prune_state, make_state, abstract, shardings = state_plan(
-      ctx, name, block, model_cfg, prune, schedule.groups if schedule is not None else None,
-      None if resuming else init_log_alpha)
+  plan = stage_step(ctx, stage, model_cfg, prune,
+                    schedule.groups if schedule is not None else None,
+                    None if resuming else init_log_alpha,
+                    distill.distiller if distill is not None else None)
+  shardings = plan.shardings
 
   sources = domain_sources(ctx.data_dir, "train")
   domains = list(sources)
   loader = MixtureLoader(sources, _initial_weights(block, domains), block.batch_size,
-                         seed=data_seed(cfg, name), process_index=jax.process_index(),
+                         seed=data_seed(cfg, stage), process_index=jax.process_index(),
                          process_count=jax.process_count())
   evaluator = DomainEval(ctx, model_cfg, domains, block.batch_size, block.eval_batches,
-                         compute_dtype)
+                         compute_dtype(cfg.model.compute_dtype))
   extra = {}
   if resuming:
-    state, extra = ckpt.restore(abstract_like(abstract, shardings))
+    state, extra = ckpt.restore(abstract_like(plan.abstract, shardings))
     loader.set_state(extra["loader"])
     _log.info("%s: resumed at step %d", name, int(shd.to_host(state["step"])))
   else:
@@ -305,31 +254,18 @@ def train_stage(ctx: Context, name: str, block, model_cfg: ModelConfig, params_h
       raise JShearError(f"stage {name}: no checkpoint to resume and no initial params")
     params = put_global(jax.tree.map(lambda x: np.asarray(x, cfg.model.param_dtype), params_host),
                         shardings["params"])
-    state = jax.jit(make_state, out_shardings=shardings)(params, prune_state)
-    carried = _shared_stream_start(ctx, name)
+    state = jax.jit(plan.make_state, out_shardings=shardings)(params, plan.prune_state)
+    carried = _shared_stream_start(ctx, stage)
     if carried is not None:
       loader.continue_stream(carried)
       _log.info("%s: data stream picked up at step %d of the pruning stage's", name,
                 int(carried["step"]))
   params_host = None
-  teachers, in_shardings = (), (shardings, shd.batch_sharding(mesh))
+  teachers = ()
   if distill is not None:
     from jshear.distill import put_teachers
-    arrays, t_sh = put_teachers(distill, mesh, cfg.model.param_dtype)
-    teachers, in_shardings = (arrays,), in_shardings + (t_sh,)
-
-  step_fn = jax.jit(
-      make_train_step(model_cfg, optimizer, grad_accum=block.grad_accum,
-                      compute_dtype=compute_dtype,
-                      prune_warmup_steps=prune.warmup_steps if prune else 0,
-                      size_control=cfg.prune.size_control if prune else "lagrangian",
-                      gate_forward=cfg.prune.gate_forward if prune else "sample",
-                      micro_sharding=lambda nd: jax.sharding.NamedSharding(
-                          mesh, jax.sharding.PartitionSpec(None, ("data", "fsdp"),
-                                                           *([None] * (nd - 2)))),
-                      distill=distill.distiller if distill is not None else None),
-      in_shardings=in_shardings,
-      out_shardings=(shardings, shd.replicated(mesh)), donate_argnums=0)
+    teachers = (put_teachers(distill, mesh, cfg.model.param_dtype)[0],)
+  step_fn = plan.step
 
   masks_for_eval = lambda st: (eval_masks(st["prune"]) if prune else st.get("masks"))
   rule = block.reweight_rule
@@ -412,4 +348,8 @@ def train_stage(ctx: Context, name: str, block, model_cfg: ModelConfig, params_h
       t_last = time.time()
   bar.close()
   ckpt.close()
+  skipped = int(shd.to_host(state["skipped"]))  # over the whole stage, resumes included
+  if block.steps and skipped >= block.steps:
+    raise JShearError(f"stage {name}: all {skipped} steps were skipped as non-finite (loss or "
+                      f"gradient); nothing was trained")
   return state, evaluator

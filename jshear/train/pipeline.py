@@ -25,15 +25,14 @@ import numpy as np
 
 from jshear import distributed, model_io
 from jshear import sharding as shd
-from jshear.config_base import STAGES
 from jshear.errors import JShearError
 from jshear.metrics import MetricsWriter
-from jshear.model.config import ModelConfig
+from jshear.model.config import SHAPE_KEYS, ModelConfig
 from jshear.model.params import count_params
 from jshear.optim import check_one_schedule
 from jshear.prune.targets import target_config
 from jshear.train.loop import DomainEval, data_stream
-from jshear.train.stages import STAGE_TABLE
+from jshear.train import stages as stage_table
 from jshear.train.stages.choosers import PRUNE_METHODS, prune_spec, trains_in_prune  # noqa: F401
 from jshear.train.stages.common import (Model, RunContext, eval_domains, load_any,
                                         resolve_source, write_json_atomic)
@@ -42,18 +41,27 @@ from jshear.train.stages import source as source_mod
 _log = logging.getLogger(__name__)
 # Keys that may differ between invocations on one workdir (everything else must match).
 _RESUMABLE_KEYS = ("stages", "overwrite", "init_from", "drop_checkpoints")
-# Config blocks that only the named stage (and stages after it) depend on.
-_STAGE_BLOCKS = {"pretrain": ("pretrain",), "prune": ("prune",), "finalize": (),
-                 "continue": ("continued", "distill"), "export": ("export",)}
-_TRAINING = {"pretrain": "pretrain", "prune": "prune", "continue": "continued"}
 
 
 def parse_stages(text) -> list[str]:
+  known = stage_table.names()
   stages = [s.strip() for s in (text.split(",") if isinstance(text, str) else text) if s.strip()]
-  bad = [s for s in stages if s not in STAGES]
+  bad = [s for s in stages if s not in known]
   if bad or not stages:
-    raise JShearError(f"config.stages: unknown stage(s) {bad} (known: {list(STAGES)})")
+    raise JShearError(f"config.stages: unknown stage(s) {bad} (known: {list(known)})")
   return stages
+
+
+def with_stage_blocks(cfg):
+  """`cfg` with the block of every listed stage that declares defaults but is missing
+  (a stage added after the config file was written)."""
+  missing = [st for st in (stage_table.get(n) for n in parse_stages(cfg.stages))
+             if st.block and st.defaults is not None and st.block not in cfg]
+  if missing:
+    with cfg.unlocked():
+      for st in missing:
+        cfg[st.block] = st.defaults()
+  return cfg
 
 
 # ---- data ---------------------------------------------------------------------------
@@ -115,7 +123,7 @@ def _fill_defaults(old: dict, defaults: dict) -> dict:
 
 def _has_progress(workdir: str) -> bool:
   """Whether any stage finished or saved a checkpoint (a failed start leaves neither)."""
-  for s in STAGES:
+  for s in stage_table.names():
     d = os.path.join(workdir, s)
     if os.path.exists(os.path.join(d, "DONE")):
       return True
@@ -144,8 +152,10 @@ def check_workdir_config(cfg, workdir: str) -> None:
 def _stage_key(cfg, stage: str) -> str:
   """Hash of the config a stage's result depends on (its own and earlier stages' blocks)."""
   d = json.loads(cfg.to_json_best_effort())
-  later = STAGES[STAGES.index(stage) + 1:]
-  for k in _RESUMABLE_KEYS + ("final_eval",) + sum((_STAGE_BLOCKS[s] for s in later), ()):
+  order = stage_table.names()
+  later = order[order.index(stage) + 1:]
+  for k in _RESUMABLE_KEYS + ("final_eval",) + sum((stage_table.get(s).blocks for s in later),
+                                                   ()):
     d.pop(k, None)
   return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -170,8 +180,8 @@ def _start_stage(cfg, workdir, stage) -> None:
   if seen is not None and seen.get("config", key) != key and jax.process_index() == 0:
     _log.info("stage %s ran with another config; starting it again", stage)
     shutil.rmtree(os.path.join(workdir, stage), ignore_errors=True)
-    if stage == "prune":
-      shutil.rmtree(os.path.join(workdir, "masks"), ignore_errors=True)
+    for extra in stage_table.get(stage).also_writes:
+      shutil.rmtree(os.path.join(workdir, extra), ignore_errors=True)
   distributed.barrier(f"start-{stage}")
   write_json_atomic(os.path.join(workdir, stage, "STARTED"), {"config": key})
 
@@ -186,9 +196,7 @@ def _mark_done(cfg, workdir, stage, model: Model):
 
 def _start_model(cfg, stages) -> tuple[Model, str | None]:
   if "pretrain" in stages:
-    mcfg = ModelConfig(**{k: cfg.model[k] for k in (
-        "vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
-        "num_kv_heads", "head_dim", "family", "qk_norm", "tie_embeddings", "rope_theta",
+    mcfg = ModelConfig(**{k: cfg.model[k] for k in SHAPE_KEYS + (
         "attention_impl", "remat", "scan_layers")})
     return Model(mcfg, None, cfg.model.tokenizer or None), None
   path = cfg.init_from or resolve_source(cfg.model.source)
@@ -197,21 +205,23 @@ def _start_model(cfg, stages) -> tuple[Model, str | None]:
   return load_any(path, cfg), path
 
 
-def _validate_training(cfg, mesh, stages, model: Model, spec) -> None:
-  heads = model.cfg.num_heads
-  for stage in stages:
-    if stage not in _TRAINING:
-      continue
-    if stage == "continue" and spec is not None:
-      heads = spec.target.num_heads
-    block = cfg[_TRAINING[stage]]
-    try:
-      shd.validate_layout(mesh, block.batch_size, block.grad_accum, heads)
-    except JShearError as err:
-      raise JShearError(f"config.{_TRAINING[stage]}: {err}") from None
-    if block.batch_size % jax.process_count():
-      raise JShearError(f"config.{_TRAINING[stage]}.batch_size ({block.batch_size}) must "
-                        f"divide by the number of processes ({jax.process_count()})")
+def _validate_stages(cfg, mesh, stages, model: Model, spec) -> None:
+  """Each listed stage's own checks and, for stages that may train, the batch layout, on
+  the model shape it starts from (earlier stages' `shape` applied in order)."""
+  mcfg = model.cfg
+  for name in stages:
+    stage = stage_table.get(name)
+    stage.validate(cfg, mcfg, spec)
+    if stage.trains is not None:
+      block = cfg[stage.block]
+      try:
+        shd.validate_layout(mesh, block.batch_size, block.grad_accum, mcfg.num_heads)
+      except JShearError as err:
+        raise JShearError(f"config.{stage.block}: {err}") from None
+      if block.batch_size % jax.process_count():
+        raise JShearError(f"config.{stage.block}.batch_size ({block.batch_size}) must "
+                          f"divide by the number of processes ({jax.process_count()})")
+    mcfg = stage.shape(cfg, mcfg, spec)
 
 
 def _check_distill(cfg, student: ModelConfig, source: ModelConfig | None) -> None:
@@ -225,13 +235,15 @@ def _check_distill(cfg, student: ModelConfig, source: ModelConfig | None) -> Non
 
 def prepare(cfg, workdir: str, stages, mesh) -> tuple[RunContext, Model]:
   """Everything a run needs, validated; nothing is written to the workdir."""
+  from jshear import config_check
+  config_check.check(cfg)  # every key's value and range, before anything is loaded
   check_one_schedule(cfg)
   data_stream(cfg)
   model, path = _start_model(cfg, stages)
   spec = prune_spec(cfg, model.cfg) if "prune" in stages or "finalize" in stages else None
-  _validate_training(cfg, mesh, stages, model, spec)
+  _validate_stages(cfg, mesh, stages, model, spec)
   data_dir = None
-  if any(s in stages for s in _TRAINING):
+  if any(stage_table.get(s).trains is not None for s in stages):
     data_dir = resolve_data(cfg, model.tokenizer)
   pruning = spec is not None
   source = None
@@ -264,6 +276,7 @@ def run(cfg, workdir: str) -> dict:
                          cfg.distributed.process_id)
   _log.info("topology: %s", distributed.topology())
   stages = parse_stages(cfg.stages)
+  cfg = with_stage_blocks(cfg)
   workdir = os.path.abspath(workdir)
   mesh = shd.make_mesh(dict(cfg.mesh.ici), dict(cfg.mesh.dcn))
   _log.info("mesh: %s", shd.describe(mesh))
@@ -282,11 +295,11 @@ def _run_stages(ctx: RunContext, model: Model) -> dict:
   cfg, workdir = ctx.cfg, ctx.workdir
   ctx.out["source_params"] = count_params(model.params) if model.params is not None else None
   for name in ctx.stages:
-    stage = STAGE_TABLE[name]
+    stage = stage_table.get(name)
     if _is_done(cfg, workdir, name):
       _log.info("stage %s already done; skipping", name)
-      if stage.OUTPUT:
-        model = load_any(os.path.join(workdir, stage.OUTPUT), cfg)
+      if stage.output:
+        model = load_any(os.path.join(workdir, stage.output), cfg)
       continue
     _start_stage(cfg, workdir, name)
     model = stage.run(ctx, model)
@@ -300,7 +313,7 @@ def _run_stages(ctx: RunContext, model: Model) -> dict:
   write_json_atomic(os.path.join(workdir, "summary.json"), out)
   if cfg.drop_checkpoints:
     from jshear.train import cleanup
-    cleanup.drop(workdir, STAGES, lambda s: _is_done(cfg, workdir, s))
+    cleanup.drop(workdir, stage_table.names(), lambda s: _is_done(cfg, workdir, s))
   return out
 
 
@@ -315,8 +328,13 @@ def _final_eval(ctx: RunContext, model: Model) -> dict:
   out = {}
   for name, m in (("source", source), ("final", model)):
     if m is not None and m.params is not None:
-      out[name] = DomainEval(ctx, m.cfg, eval_domains(ctx.data_dir), block.batch_size,
-                             block.eval_batches)(m.params)
+      ev = DomainEval(ctx, m.cfg, eval_domains(ctx.data_dir), block.batch_size,
+                      block.eval_batches)
+      out[name] = ev(m.params)
+      bad = sorted(d for d, l in out[name].items() if ev.counts.get(d) and not np.isfinite(l))
+      if bad:  # NaN without eval rows is "no data"; with rows it is a broken model
+        raise JShearError(f"final evaluation: the {name} model's held-out loss is not finite "
+                          f"in {bad}; no summary is written")
   return out
 
 

@@ -1,6 +1,6 @@
 """Memory planner: compile the real train step ahead of time on abstract shapes.
 
-  python -m jshear.plan --config=configs/sheared_2p7b.py --stage=prune --devices=8 \
+  python -m jshear.train.plan --config=configs/sheared_2p7b.py --stage=prune --devices=8 \
       --mesh=data=1,fsdp=8,tensor=1 --source_shape=llama2-7b --hbm_gb=80
 
 The source's shape comes from `--source_shape`, else `model.source` (an HF or jshear model
@@ -43,16 +43,15 @@ SOURCE_SHAPES = {
 }
 
 
-_TRAINING_STAGES = ("pretrain", "prune", "continue")
-# model.* keys that shape a model pretrained from scratch (as the pipeline's pretrain stage).
-_SCRATCH_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
-                 "num_kv_heads", "head_dim", "family", "qk_norm", "tie_embeddings", "rope_theta")
+def _training_stages() -> tuple:
+  from jshear.train import stages
+  return tuple(s.name for s in stages.training_stages())
 
 
 def default_stage(cfg) -> str:
   """The config's first training stage (a pretrain-only config plans pretrain)."""
   stages = [s.strip() for s in cfg.stages.split(",")]
-  return next((s for s in stages if s in _TRAINING_STAGES), "prune")
+  return next((s for s in stages if s in _training_stages()), "prune")
 
 
 def _named_shape(name: str, where: str):
@@ -76,9 +75,9 @@ def _config_from_dir(path: str):
 def source_config(cfg, stage: str, source_shape: str = ""):
   """The model shape the planned stage starts from; no weights are read."""
   from jshear.errors import JShearError
-  from jshear.model.config import ModelConfig
+  from jshear.model.config import SHAPE_KEYS, ModelConfig
   if stage == "pretrain":
-    mcfg = ModelConfig(**{k: cfg.model[k] for k in _SCRATCH_KEYS})
+    mcfg = ModelConfig(**{k: cfg.model[k] for k in SHAPE_KEYS})
   elif source_shape:
     mcfg = _named_shape(source_shape, "--source_shape")
   elif cfg.model.source == "smollm2":        # the asset, known by shape (no download needed)
@@ -140,47 +139,74 @@ def _parse_mesh(text: str) -> dict:
   return out
 
 
-def plan(cfg, stage: str, mcfg, mesh, hbm_gb: float) -> dict:
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-
-  from jshear import sharding as shd
+def stage_plan(cfg, stage: str, mcfg, mesh):
+  """(the stage's StageStep, its block, the model config it trains) from the run config,
+  built by the same `jshear.train.compile.stage_step` the loop calls. Teachers come from
+  the config (the source's shape for distill.teachers=""), shapes only."""
   from jshear.errors import JShearError
-  from jshear.prune.targets import target_config
-  from jshear.train.loop import Context, _dtype, state_plan
+  from jshear.train import stages as stage_table
+  from jshear.train.compile import stage_step
+  from jshear.train.context import Context
   from jshear.train.pipeline import prune_spec, trains_in_prune
-  from jshear.train.step import make_train_step
 
-  block = {"prune": cfg.prune, "continue": cfg.continued, "pretrain": cfg.pretrain}[stage]
-  spec = prune_spec(cfg, mcfg) if stage == "prune" else None
-  mask_groups = None
-  if spec is not None and cfg.prune.method != "learned":
+  st = stage_table.get(stage)
+  block = cfg[st.block]
+  src = mcfg
+  pruning = "prune" in cfg.stages.split(",") or stage == "prune"
+  spec = prune_spec(cfg, mcfg) if pruning and stage != "pretrain" else None
+  for before in stage_table.STAGES[:stage_table.names().index(stage)]:
+    if before.name in cfg.stages.split(","):  # the shape this stage starts from
+      mcfg = before.shape(cfg, mcfg, spec)
+  prune, mask_groups = None, None
+  if stage == "prune":
     if not trains_in_prune(cfg):
       raise JShearError(f"prune.method={cfg.prune.method!r} chooses masks in one shot: its prune "
                         f"stage does not train, so there is no step to plan")
-    spec, mask_groups = None, prune_spec(cfg, mcfg).groups  # iterative: fixed masks in state
-  if stage == "continue" and cfg.prune.target.num_layers:
-    mcfg = target_config(mcfg, prune_spec(cfg, mcfg).target)
-  shd.validate_layout(mesh, block.batch_size, block.grad_accum, mcfg.num_heads,
-                      block={"continue": "continued"}.get(stage, stage))
-  ctx = Context(cfg=cfg, workdir="", mesh=mesh, writer=None, data_dir="")
-  optimizer, _, _, abstract, shardings = state_plan(ctx, stage, block, mcfg, spec, mask_groups)
-  abstract_sh = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                             abstract, shardings)
+    if cfg.prune.method == "learned":
+      prune = spec
+    else:
+      mask_groups = spec.groups  # iterative: fixed masks in the state
+  shd_check(mesh, block, mcfg, st.block)
+  distiller = None
+  if stage == "continue" and cfg.distill.enable:
+    distiller = _distiller(cfg, mcfg, src)
+  ctx = Context(cfg=cfg, workdir="", mesh=mesh, writer=None, data_dir="",
+                prune_trains=trains_in_prune(cfg) if pruning else False)
+  return stage_step(ctx, st, mcfg, prune, mask_groups, distiller=distiller), block, mcfg
+
+
+def shd_check(mesh, block, mcfg, name):
+  from jshear import sharding as shd
+  shd.validate_layout(mesh, block.batch_size, block.grad_accum, mcfg.num_heads, block=name)
+
+
+def _distiller(cfg, student, source):
+  """The continue stage's Distiller from configs alone (the planner reads no weights)."""
+  from jshear import distill
+  from jshear.model.config import compute_dtype
+  from jshear.train.stages.common import model_config, resolve_source
+  from jshear.train.stages.continued import DISTILL_SEED_OFFSET, teacher_items
+  teachers = [("source", source, None, True) if item == "source" else
+              (item, model_config(resolve_source(item)), None, False)
+              for item in teacher_items(cfg, True)]
+  import numpy as np
+  kept = np.arange(student.hidden_size) if student.hidden_size != source.hidden_size else None
+  return distill.build_setup(cfg.distill, student, teachers, steps=cfg.continued.steps,
+                             seed=cfg.seed * 1000 + DISTILL_SEED_OFFSET,
+                             compute_dtype=compute_dtype(cfg.model.compute_dtype),
+                             kept_hidden=kept).distiller
+
+
+def plan(cfg, stage: str, mcfg, mesh, hbm_gb: float) -> dict:
+  import jax
+  import numpy as np
+
+  built, block, mcfg = stage_plan(cfg, stage, mcfg, mesh)
   T = cfg.data.seq_len
-  bsh = shd.batch_sharding(mesh)
-  batch = {k: jax.ShapeDtypeStruct((block.batch_size, T), jnp.int32, sharding=bsh)
-           for k in ("tokens", "segment_ids", "positions")}
-  step = make_train_step(
-      mcfg, optimizer, grad_accum=block.grad_accum, compute_dtype=_dtype(cfg.model.compute_dtype),
-      prune_warmup_steps=spec.warmup_steps if spec else 0,
-      micro_sharding=lambda nd: jax.sharding.NamedSharding(
-          mesh, jax.sharding.PartitionSpec(None, ("data", "fsdp"), *([None] * (nd - 2)))))
   with jax.set_mesh(mesh):
-    compiled = jax.jit(step, in_shardings=(shardings, bsh),
-                       out_shardings=(shardings, shd.replicated(mesh)),
-                       donate_argnums=0).lower(abstract_sh, batch).compile()
+    compiled = built.lower(block.batch_size, T, cfg.model.param_dtype).compile()
+  inputs = built.abstract_inputs(block.batch_size, T, cfg.model.param_dtype)
+  abstract_sh, teachers = inputs[0], (inputs[2] if len(inputs) > 2 else [])
   mem = compiled.memory_analysis()
 
   def per_device(tree):
@@ -190,8 +216,9 @@ def plan(cfg, stage: str, mcfg, mesh, hbm_gb: float) -> dict:
   params_b = per_device(abstract_sh["params"])
   opt_b = per_device(abstract_sh["opt_state"])
   other_b = per_device({k: v for k, v in abstract_sh.items() if k not in ("params", "opt_state")})
+  teachers_b = per_device(teachers)  # distillation: the teachers' weights stay resident
   temp_b = int(getattr(mem, "temp_size_in_bytes", 0))
-  total = params_b + opt_b + other_b + temp_b
+  total = params_b + opt_b + other_b + teachers_b + temp_b
   gib = 1024 ** 3
   return {
       "stage": stage, "devices": mesh.size, "mesh": dict(mesh.shape),
@@ -201,17 +228,19 @@ def plan(cfg, stage: str, mcfg, mesh, hbm_gb: float) -> dict:
       "remat": mcfg.remat, "compute_dtype": cfg.model.compute_dtype,
       "per_device_gib": {"params": params_b / gib, "optimizer": opt_b / gib,
                          "prune_state_and_counters": other_b / gib,
+                         "teachers": teachers_b / gib,
                          "activations_and_temps": temp_b / gib, "total": total / gib},
       "hbm_gib": hbm_gb, "fits": total <= hbm_gb * 1e9,
   }
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m jshear.plan", description=__doc__,
+  p = argparse.ArgumentParser(prog="python -m jshear.train.plan", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--config", required=True)
-  p.add_argument("--stage", default="", choices=("",) + _TRAINING_STAGES,
-                 help="default: the config's first training stage")
+  p.add_argument("--stage", default="",
+                 help="a training stage (pretrain, prune, continue); default: the config's "
+                      "first training stage")
   p.add_argument("--devices", type=int, default=8)
   p.add_argument("--mesh", default="", help="e.g. data=1,fsdp=-1,tensor=1 (default: config)")
   p.add_argument("--source_shape", default="",
@@ -219,7 +248,10 @@ def main(argv=None) -> int:
                       f"config's model.source_shape")
   p.add_argument("--hbm_gb", type=float, default=80.0)
   p.add_argument("--set", action="append", default=[],
-                 help="config override KEY=VALUE (python literal), e.g. prune.grad_accum=4")
+                 help="alias of --config.KEY=VALUE (python literal), e.g. prune.grad_accum=4")
+  # --config.KEY=VALUE, as jshear.train takes it (the same override, one spelling).
+  argv = sys.argv[1:] if argv is None else list(argv)
+  argv = [f"--set={a[len('--config.'):]}" if a.startswith("--config.") else a for a in argv]
   args = p.parse_args(argv)
   # Fake devices must exist before jax starts.
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -230,6 +262,9 @@ def main(argv=None) -> int:
   try:
     cfg = load_config(args.config, args.set)
     stage = args.stage or default_stage(cfg)
+    if stage not in _training_stages():
+      raise JShearError(f"--stage={stage!r} is not a training stage (training stages: "
+                        f"{', '.join(_training_stages())})")
     mcfg = source_config(cfg, stage, args.source_shape)
     mesh_sizes = _parse_mesh(args.mesh) if args.mesh else dict(cfg.mesh.ici)
     mesh = shd.make_mesh(mesh_sizes)

@@ -1,41 +1,40 @@
 """The one train-step builder for every stage.
 
-State is a plain dict pytree:
-  step, params, opt_state, rng (raw key data), skipped, bad_streak, and `prune` (a
-  PruneState) only in the learned-mask pruning stage, or `masks` (fixed 0/1 masks the loop
-  replaces between steps) and `mask_ste` (their straight-through gradient weight) in
-  iterative pruning (DimCHOP, gradual LayerCHOP).
-Loss = LM loss (+ the Lagrangian when `prune` is present) (+ distillation from teachers
-passed as the step's third argument, see
-`jshear.distill`). Gradients are accumulated over micro-batches with `lax.scan`;
-a non-finite loss or gradient leaves the state unchanged and is counted.
+A stage's step is `build_step(optimizer, loss, groups, addons)`:
+  loss    loss(state, micro_batch, inputs) -> (loss, (nll sum, metrics)), a small function
+          per objective (`lm_loss`, `lm_kd_loss`; later blockwise and adapter losses);
+  groups  the declared optimizer groups (`jshear.optim.Group`): only their leaves are
+          differentiated and updated, and only they are in the optimizer state;
+  addons  what rides on the state besides the weights: each gives the forward's masks
+          (`masks`), an optional whole-step loss term (`step_loss`) and a `post_update`;
+          e.g. learned gates (`jshear.prune.gates.LearnedGates`: sample, Lagrangian, clamp
+          and projection) or the fixed masks of iterative pruning (`FixedMasks`).
+State is a plain dict pytree: step, params, opt_state, rng (raw key data), skipped,
+bad_streak, and what the add-ons keep (`prune`: a PruneState; `masks`, `mask_ste`).
+Gradients are accumulated over micro-batches with `lax.scan`; a non-finite loss or
+gradient leaves the state unchanged and is counted. Teachers (distillation) come in as the
+step's third argument.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from jshear.model.config import ModelConfig
+from jshear.model.loss import nll_sum, row_nll, token_targets
 from jshear.model.transformer import forward
-from jshear.prune.lagrangian import lagrangian, target_sparsity
-from jshear.prune.projection import project
-from jshear.prune.state import sample_masks, straight_through_masks
-from jshear.train.loss import nll_sum, per_row_nll, token_targets
-
-SIZE_CONTROLS = ("lagrangian", "projection")
-# What the learned gates put in the training forward: a hard-concrete sample (reference) or
-# the deterministic masks with straight-through gradients (`straight_through_masks`).
-GATE_FORWARDS = ("sample", "deterministic")
+from jshear.optim import WEIGHTS, put, take
+from jshear.prune.gates import GATE_FORWARDS, SIZE_CONTROLS, FixedMasks, LearnedGates  # noqa: F401
 
 
-
-def _trainable(state):
-  return {k: state[k] for k in ("params", "prune") if k in state}
-
-
-def init_state(params, optimizer, seed: int, prune=None, masks=None) -> dict:
+def init_state(params, optimizer, seed: int, prune=None, masks=None, groups=(WEIGHTS,),
+               extra=None) -> dict:
+  """A fresh train state; the optimizer state covers only the leaves of `groups`.
+  `extra`: further add-on pytrees by state key (e.g. adapters)."""
   state = {"step": jnp.zeros((), jnp.int32), "params": params,
            "rng": jax.random.key_data(jax.random.key(seed)),
            "skipped": jnp.zeros((), jnp.int32), "bad_streak": jnp.zeros((), jnp.int32)}
@@ -44,8 +43,20 @@ def init_state(params, optimizer, seed: int, prune=None, masks=None) -> dict:
   if masks is not None:
     state["masks"] = {g: jnp.asarray(m, jnp.float32) for g, m in masks.items()}
     state["mask_ste"] = jnp.zeros((), jnp.float32)
-  state["opt_state"] = optimizer.init(_trainable(state))
+  state.update(extra or {})
+  state["opt_state"] = optimizer.init(take(state, groups))
   return state
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+  """What a loss function gets besides the state and the micro-batch."""
+  step: object            # the training step (traced)
+  total_tokens: object    # predicted tokens in the whole batch (losses divide by it)
+  masks: object = None    # the forward's masks (None: the plain model)
+  mask_ste: object = None
+  teachers: object = None
+  grad_accum: int = 1
 
 
 def split_micro(batch: dict, n: int, micro_sharding=None) -> dict:
@@ -60,56 +71,64 @@ def split_micro(batch: dict, n: int, micro_sharding=None) -> dict:
   return {k: one(v) for k, v in batch.items()}
 
 
-def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, *,
-                    grad_accum: int = 1, compute_dtype=None, prune_warmup_steps: int = 0,
-                    micro_sharding=None, distill=None, size_control: str = "lagrangian",
-                    gate_forward: str = "sample"):
-  """Returns step(state, batch) -> (state, metrics). Batch: tokens, segment_ids, positions
-  [B, T] (domain etc. are ignored). With `distill` (a `jshear.distill.Distiller`) the step
-  is step(state, batch, teachers), teachers a list of teacher param trees.
-  `size_control` (learned masks): "lagrangian" adds the penalty and trains the multipliers;
-  "projection" shifts the gate logits to the warmed-up target after every update
-  (`jshear.prune.projection`) and leaves the penalty out. `gate_forward`: see GATE_FORWARDS."""
-  if size_control not in SIZE_CONTROLS:
-    raise ValueError(f"size_control must be one of {SIZE_CONTROLS}, got {size_control!r}")
-  if gate_forward not in GATE_FORWARDS:
-    raise ValueError(f"gate_forward must be one of {GATE_FORWARDS}, got {gate_forward!r}")
-
-  def micro_loss(trainable, mb, step, micro, mask_rng, total_tokens, teachers, fixed):
-    masks, ste = fixed if fixed is not None else (None, None)
-    if "prune" in trainable and gate_forward == "deterministic":
-      masks = straight_through_masks(trainable["prune"])
-    elif "prune" in trainable:  # a fresh gate sample per micro-batch (per forward pass)
-      masks = sample_masks(trainable["prune"], mask_rng, step, micro)
-    want_hidden = distill is not None and distill.needs_hidden
-    out = forward(trainable["params"], mb["tokens"], masks, cfg=cfg,
-                  positions=mb.get("positions"), segment_ids=mb.get("segment_ids"),
-                  compute_dtype=compute_dtype, return_hidden=want_hidden, mask_ste=ste)
-    logits, hidden = out if want_hidden else (out, None)
+def lm_loss(cfg: ModelConfig, compute_dtype=None):
+  """Next-token loss of the (masked) model."""
+  def loss(state, mb, inp: Inputs):
+    logits = forward(state["params"], mb["tokens"], inp.masks, cfg=cfg,
+                     positions=mb.get("positions"), segment_ids=mb.get("segment_ids"),
+                     compute_dtype=compute_dtype, mask_ste=inp.mask_ste)
     nll, _ = nll_sum(logits, mb)
-    loss, metrics = nll / total_tokens, {}
-    if distill is not None:  # the LM weight may differ while distilling
-      loss = distill.lm_weight_at(step) * loss
-    if distill is not None:
-      extra, m = distill.loss(teachers, mb, logits, hidden, step, total_tokens, grad_accum)
-      loss, metrics = loss + extra, {**metrics, **m}
-    return loss, (nll, metrics)
+    return nll / inp.total_tokens, (nll, {})
+  return loss
+
+
+def lm_kd_loss(cfg: ModelConfig, distill, compute_dtype=None):
+  """Next-token loss (weighted while distilling) plus the distillation term from the
+  teachers (`jshear.distill.Distiller`)."""
+  def loss(state, mb, inp: Inputs):
+    out = forward(state["params"], mb["tokens"], inp.masks, cfg=cfg,
+                  positions=mb.get("positions"), segment_ids=mb.get("segment_ids"),
+                  compute_dtype=compute_dtype, return_hidden=distill.needs_hidden,
+                  mask_ste=inp.mask_ste)
+    logits, hidden = out if distill.needs_hidden else (out, None)
+    nll, _ = nll_sum(logits, mb)
+    lm = distill.lm_weight_at(inp.step) * (nll / inp.total_tokens)
+    extra, metrics = distill.loss(inp.teachers, mb, logits, hidden, inp.step, inp.total_tokens,
+                                  inp.grad_accum)
+    return lm + extra, (nll, metrics)
+  return loss
+
+
+def build_step(optimizer: optax.GradientTransformation, loss, *, groups=(WEIGHTS,), addons=(),
+               grad_accum: int = 1, micro_sharding=None):
+  """Returns step(state, batch[, teachers]) -> (state, metrics). Batch: tokens,
+  segment_ids, positions [B, T] (other keys are ignored)."""
+  groups = tuple(groups)
+  mask_addons = [a for a in addons if hasattr(a, "masks")]
+  if len(mask_addons) > 1:
+    raise ValueError("at most one add-on may give the forward's masks")
 
   def step_fn(state, batch, teachers=None):
-    step, trainable = state["step"], _trainable(state)
+    step = state["step"]
+    trainable = take(state, groups)
     mask_rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), 1)
     batch = {k: batch[k] for k in ("tokens", "segment_ids", "positions") if k in batch}
     _, weights = token_targets(batch)
     total_tokens = jnp.maximum(jnp.sum(weights), 1.0)
     micro = split_micro(batch, grad_accum, micro_sharding)
+
+    def micro_loss(tr, mb, i):
+      view = put(state, groups, tr)
+      masks, ste = (mask_addons[0].masks(view, mask_rng, step, i) if mask_addons
+                    else (None, None))
+      return loss(view, mb, Inputs(step, total_tokens, masks, ste, teachers, grad_accum))
+
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
-    fixed = (state["masks"], state["mask_ste"]) if "masks" in state else None
 
     def accumulate(carry, xs):
       g_acc, nll_acc = carry
       mb, i = xs
-      (_, (nll, m)), g = grad_fn(trainable, mb, step, i, mask_rng, total_tokens, teachers,
-                                 fixed)
+      (_, (nll, m)), g = grad_fn(trainable, mb, i)
       return (jax.tree.map(jnp.add, g_acc, g), nll_acc + nll), m
 
     zeros = jax.tree.map(jnp.zeros_like, trainable)
@@ -117,54 +136,74 @@ def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, *
                                          (micro, jnp.arange(grad_accum)))
     metrics = {"lm_loss": nll / total_tokens, "tokens": total_tokens}
     metrics.update(jax.tree.map(jnp.mean, extra_m))
-    loss = metrics["lm_loss"]
-    if "prune" in trainable:
-      if size_control == "lagrangian":
-        (penalty, diag), g_pen = jax.value_and_grad(
-            lambda p: lagrangian(p, step, prune_warmup_steps), has_aux=True)(trainable["prune"])
-        grads["prune"] = jax.tree.map(jnp.add, grads["prune"], g_pen)
-        loss = loss + penalty
-        metrics["lagrangian"] = penalty
-      else:  # projection: the diagnostics only, no penalty gradient to compute
-        _, diag = lagrangian(trainable["prune"], step, prune_warmup_steps)
-      metrics.update(diag)
+    loss_value = metrics["lm_loss"]
+    for a in addons:  # whole-step terms (the Lagrangian), once per step
+      out = a.step_loss(state, step)
+      if out is None:
+        continue
+      value, m, has_grad = out
+      if has_grad:
+        g = jax.grad(lambda tr: a.step_loss(put(state, groups, tr), step)[0])(trainable)
+        grads = jax.tree.map(jnp.add, grads, g)
+      loss_value = loss_value + value
+      metrics.update(m)
 
     grad_norm = optax.tree.norm(grads)
-    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    ok = jnp.isfinite(loss_value) & jnp.isfinite(grad_norm)
 
     def update(_):
       updates, new_opt = optimizer.update(grads, state["opt_state"], trainable)
-      new_tr = optax.apply_updates(trainable, updates)
-      if "prune" in new_tr:
-        # Reference choice: keep log_alpha in [ln 0.01, ln 100] after every update (what
-        # the clamp cuts off is kept as clamp_excess, for ranking).
-        new_tr["prune"] = new_tr["prune"].clamped(new_tr["prune"].log_alpha)
-        if size_control == "projection":  # sizes of the next step's target, exactly
-          new_tr["prune"] = project(new_tr["prune"], target_sparsity(
-              new_tr["prune"], step + 1, prune_warmup_steps))
-      return new_tr, new_opt
+      new = put(state, groups, optax.apply_updates(trainable, updates))
+      for a in addons:
+        new = a.post_update(new, step)
+      return new, new_opt
 
-    # A skipped step leaves params and optimizer state as they were. A cond rather than a
-    # select over the updated trees: the select was one more pass over 3x the params
+    # A skipped step leaves the state and optimizer state as they were. A cond rather than
+    # a select over the updated trees: the select was one more pass over 3x the params
     # (~0.15 s of a 6.8 s SmolLM2 CPU step, measured A/B in one process).
-    new_tr, new_opt = jax.lax.cond(ok, update, lambda _: (trainable, state["opt_state"]), None)
-    new_state = dict(state)
-    new_state.update(new_tr)
+    new_state, new_opt = jax.lax.cond(ok, update, lambda _: (state, state["opt_state"]), None)
+    new_state = dict(new_state)
     new_state["opt_state"] = new_opt
     new_state["step"] = step + 1
     new_state["skipped"] = state["skipped"] + (~ok).astype(jnp.int32)
     new_state["bad_streak"] = jnp.where(ok, 0, state["bad_streak"] + 1)
-    metrics.update(loss=loss, grad_norm=grad_norm, skipped=new_state["skipped"],
+    metrics.update(loss=loss_value, grad_norm=grad_norm, skipped=new_state["skipped"],
                    bad_streak=new_state["bad_streak"])
     return new_state, metrics
 
   return step_fn
 
 
+def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, *,
+                    grad_accum: int = 1, compute_dtype=None, prune_warmup_steps: int = 0,
+                    micro_sharding=None, distill=None, size_control: str = "lagrangian",
+                    gate_forward: str = "sample", gates: bool = False,
+                    fixed_masks: bool = False):
+  """`build_step` for the stages jshear ships: the LM loss (+ distillation from
+  `distill`, a `jshear.distill.Distiller`), the weights, plus learned gates (`gates`, with
+  `size_control` and `gate_forward`, see jshear.prune.gates) or fixed masks
+  (`fixed_masks`). The optimizer must cover the same groups (`step_groups`)."""
+  addons = step_addons(gates, fixed_masks, prune_warmup_steps, size_control, gate_forward)
+  loss = (lm_kd_loss(cfg, distill, compute_dtype) if distill is not None
+          else lm_loss(cfg, compute_dtype))
+  return build_step(optimizer, loss, groups=step_groups(addons), addons=addons,
+                    grad_accum=grad_accum, micro_sharding=micro_sharding)
+
+
+def step_addons(gates: bool = False, fixed_masks: bool = False, warmup_steps: int = 0,
+                size_control: str = "lagrangian", gate_forward: str = "sample") -> tuple:
+  if gates:
+    return (LearnedGates(warmup_steps, size_control, gate_forward),)
+  return (FixedMasks(),) if fixed_masks else ()
+
+
+def step_groups(addons=()) -> tuple:
+  """The weights plus each add-on's declared groups."""
+  return (WEIGHTS,) + tuple(g for a in addons for g in a.groups)
+
+
 def make_eval_step(cfg: ModelConfig, compute_dtype=None):
   """eval(params, masks, batch) -> per-row (nll sum, token count), for per-domain losses."""
   def eval_fn(params, masks, batch):
-    logits = forward(params, batch["tokens"], masks, cfg=cfg, positions=batch.get("positions"),
-                     segment_ids=batch.get("segment_ids"), compute_dtype=compute_dtype)
-    return per_row_nll(logits, batch)
+    return row_nll(params, batch, cfg=cfg, masks=masks, compute_dtype=compute_dtype)
   return eval_fn

@@ -4,7 +4,8 @@ A chooser has
   validate(cfg, src, target)  config checks that fail before anything is written;
   trains(cfg)                 whether the prune stage trains the weights along with the masks
                               (finalize then starts from the prune stage's last weights);
-  choose(ctx, model) -> masks the masks to finalize (learned soft values or 0/1).
+  choose(ctx, model, stage) -> masks  the masks to finalize (learned soft values or 0/1);
+                              `stage` is the prune stage's declaration, for training.
 To add a method: write a Chooser and add it to CHOOSERS.
 """
 
@@ -35,9 +36,9 @@ class Chooser:
 
 # ---- learned masks (the Sheared-LLaMA method) ------------------------------------------
 
-def _learned(ctx, model):
+def _learned(ctx, model, stage):
   import jax
-  state, _ = train_stage(ctx, "prune", ctx.cfg.prune, model.cfg, model.params, ctx.spec,
+  state, _ = train_stage(ctx, stage, model.cfg, model.params, ctx.spec,
                          init_log_alpha=lambda: _initial_log_alpha(ctx, model))
   prune_state = jax.tree.map(shd.to_host, state["prune"])
   return masks_io.save(ctx.workdir, ctx.spec, masks_io.learned_masks(prune_state),
@@ -102,7 +103,7 @@ def one_shot_masks(ctx, model) -> dict:
   return baselines.masks_from_scores(mcfg, scores, spec.target)
 
 
-def _one_shot(ctx, model):
+def _one_shot(ctx, model, stage=None):
   return masks_io.save(ctx.workdir, ctx.spec, one_shot_masks(ctx, model))
 
 
@@ -125,15 +126,15 @@ def mask_schedule(ctx, model):
                                       dropped, final)
 
 
-def _iterative(ctx, model):
-  state, _ = train_stage(ctx, "prune", ctx.cfg.prune, model.cfg, model.params,
+def _iterative(ctx, model, stage):
+  state, _ = train_stage(ctx, stage, model.cfg, model.params,
                          schedule=mask_schedule(ctx, model))
   final = {g: shd.to_host(m) for g, m in state["masks"].items()}
   return masks_io.save(ctx.workdir, ctx.spec, final)
 
 
-def _layerchop(ctx, model):
-  return (_iterative if ctx.cfg.prune.layerchop_every else _one_shot)(ctx, model)
+def _layerchop(ctx, model, stage):
+  return (_iterative if ctx.cfg.prune.layerchop_every else _one_shot)(ctx, model, stage)
 
 
 # ---- validation -----------------------------------------------------------------------

@@ -78,8 +78,8 @@ def write_json_atomic(path: str, obj) -> None:
 
 
 def compute_dtype(cfg):
-  name = cfg.model.compute_dtype
-  return None if name in ("", "float32", None) else jax.numpy.dtype(name)
+  from jshear.model.config import compute_dtype as parse
+  return parse(cfg.model.compute_dtype)
 
 
 def eval_domains(data_dir):

@@ -10,11 +10,11 @@ import os
 
 from jshear.errors import JShearError
 from jshear.train.loop import DomainEval, train_stage
+from jshear.train.stages import prune as prune_stage
+from jshear.train.stages import source as source_mod
+from jshear.train.stages.base import Stage
 from jshear.train.stages.common import (Model, compute_dtype, eval_domains, gather_params,
                                         save_dir)
-from jshear.train.stages import source as source_mod
-
-OUTPUT = "continued"
 
 
 def needs_source(cfg) -> list[str]:
@@ -47,10 +47,10 @@ def run(ctx, model: Model) -> Model:
   if src is not None and cfg.continued.reweight_rule != "constant":
     reference = lambda: DomainEval(ctx, src.cfg, eval_domains(ctx.data_dir),
                                    cfg.continued.batch_size, cfg.continued.eval_batches)(src.params)
-  state, _ = train_stage(ctx, "continue", cfg.continued, model.cfg, model.params, distill=setup,
+  state, _ = train_stage(ctx, STAGE, model.cfg, model.params, distill=setup,
                          reference=reference)
   setup = None
-  save_dir(os.path.join(ctx.workdir, OUTPUT), model, state["params"], model.origin)
+  save_dir(os.path.join(ctx.workdir, STAGE.output), model, state["params"], model.origin)
   return Model(model.cfg, gather_params(state["params"]), model.tokenizer, model.origin)
 
 
@@ -79,5 +79,11 @@ def _distill_setup(ctx, student: Model, src: Model | None):
       if "hidden" in f.files:
         kept_hidden = np.nonzero(f["hidden"])[0]
   return distill.build_setup(cfg.distill, student.cfg, teachers, steps=cfg.continued.steps,
-                             seed=cfg.seed * 1000 + 5, compute_dtype=compute_dtype(cfg),
+                             seed=cfg.seed * 1000 + DISTILL_SEED_OFFSET, compute_dtype=compute_dtype(cfg),
                              kept_layers=kept_layers, kept_hidden=kept_hidden)
+
+
+DISTILL_SEED_OFFSET = 5  # the teacher draw (several teachers); no stage uses it
+STAGE = Stage("continue", run, block="continued", depends_on=("distill",),
+              trains=lambda cfg: True, seed_offset=3, stream_from=prune_stage.STAGE,
+              output="continued")

@@ -7,9 +7,8 @@ import os
 import jax
 
 from jshear import distributed
+from jshear.train.stages.base import Stage
 from jshear.train.stages.common import Model
-
-OUTPUT = None
 
 
 def run(ctx, model: Model) -> Model:
@@ -21,3 +20,6 @@ def run(ctx, model: Model) -> Model:
                                   dtype=ctx.cfg.export.dtype or None, overwrite=True)
   distributed.barrier("export")
   return model
+
+
+STAGE = Stage("export", run, block="export")

@@ -1,0 +1,283 @@
+"""The whole run config checked before a run writes anything: every enumerated key against
+its allowed values, every number against its range.
+
+`check(cfg)` raises one `JShearError` naming each bad key with its value and the rule, e.g.
+  config.continued.lr=-1.0 must be >= 0 (a negative learning rate trains by gradient ascent)
+
+A bottom-layer module (it imports only `jshear.errors` and the standard library), so the
+allowed-value tuples below are their single definition: the modules that use them
+(`jshear.optim`, `jshear.train.step`, `jshear.prune.state`, ...) import them from here.
+
+The checks are a table of (key path, rule, why); `lookup` also finds a key that moved one
+level down into a sub-block (`prune.mask_lr` finds `prune.learned.mask_lr`), so splitting a
+block into sub-blocks does not silently drop its checks (tests/test_bad_input.py asserts
+that every path in the table resolves in `base_config()`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+from jshear.errors import JShearError
+
+# ---- allowed values (the single definition) ----------------------------------------------
+
+SCHEDULES = ("cosine", "linear", "constant", "wsd")                 # <block>.schedule
+REWEIGHT_RULES = ("sheared", "sheared_code", "doremi", "constant")  # <block>.reweight_rule
+CONSTRAINTS = ("layer_mean", "per_layer", "count")                  # prune.constraint
+SIZE_CONTROLS = ("lagrangian", "projection")                        # prune.size_control
+GATE_FORWARDS = ("sample", "deterministic")                         # prune.gate_forward
+MASK_INITS = ("uniform", "importance")                              # prune.mask_init
+# prune.method: the keys of jshear.train.stages.choosers.CHOOSERS (a test keeps them equal).
+PRUNE_METHODS = ("learned", "dimchop", "layerchop", "importance", "magnitude", "random")
+LAYERCHOP_LAYOUTS = ("max_gap", "input", "output", "middle", "both")  # prune.layerchop_layout
+LAYERCHOP_WIDTHS = ("importance", "magnitude", "random", "none")      # prune.layerchop_width
+STREAMS = ("per_stage", "shared")                                   # data.stream
+CORPORA = ("", "local")                                             # data.corpus
+ATTENTION_IMPLS = ("xla", "cudnn", "pallas", "splash", "auto")      # model.attention_impl
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")          # model.remat
+FAMILIES = ("llama", "parallel")                                    # model.family
+COMPUTE_DTYPES = ("", "float32", "bfloat16", "float16")             # model.compute_dtype
+PARAM_DTYPES = ("float32", "bfloat16", "float16")                   # model.param_dtype
+EXPORT_DTYPES = ("", "float32", "bfloat16", "float16")              # export.dtype ("": keep)
+
+TRAIN_BLOCKS = ("prune", "continued", "pretrain")
+
+
+# ---- rules -------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  ok: Callable[[Any], bool]
+  text: str                      # what the value must be: "must be " + text
+
+
+def _real(x) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _int(x) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool)
+
+
+def one_of(values) -> Rule:
+  return Rule(lambda x: x in values, f"one of {tuple(values)}")
+
+
+def count(lo: int) -> Rule:
+  return Rule(lambda x: _int(x) and x >= lo, f"an integer >= {lo}")
+
+
+def at_least(lo: float) -> Rule:
+  return Rule(lambda x: _real(x) and x >= lo, f">= {lo:g}")
+
+
+def above(lo: float) -> Rule:
+  return Rule(lambda x: _real(x) and x > lo, f"> {lo:g}")
+
+
+def within(lo: float, hi: float, *, lo_open=False, hi_open=False) -> Rule:
+  def ok(x):
+    return (_real(x) and (x > lo if lo_open else x >= lo) and (x < hi if hi_open else x <= hi))
+  return Rule(ok, f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}")
+
+
+NONZERO = Rule(lambda x: _real(x) and x != 0, "a finite number != 0")
+
+
+def _values(x):
+  return list(x.values()) if hasattr(x, "values") else None
+
+
+def values_at_least(lo: float) -> Rule:
+  return Rule(lambda x: _values(x) is not None and all(_real(v) and v >= lo for v in _values(x)),
+              f"a mapping of finite values >= {lo:g}")
+
+
+WEIGHTS = Rule(lambda x: _values(x) is not None and all(_real(v) and v >= 0 for v in _values(x))
+               and (not _values(x) or sum(_values(x)) > 0),
+               "a mapping of finite weights >= 0 with a positive sum (empty: uniform)")
+FINITE_VALUES = Rule(lambda x: _values(x) is not None and all(_real(v) for v in _values(x)),
+                     "a mapping of finite values")
+
+
+def _bounds_ok(x) -> bool:
+  try:
+    lo, hi = x
+  except (TypeError, ValueError):
+    return False
+  return _real(lo) and _real(hi) and lo < hi
+
+
+BOUNDS = Rule(_bounds_ok, "(low, high) with finite low < high")
+
+
+# ---- the table ---------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+  path: str                        # dotted key path under `config.`
+  rule: Rule
+  why: str = ""                    # the reason, shown in parentheses
+  when: Callable | None = None     # cfg -> bool: only check when this holds
+
+
+# Every training block (prune, continued, pretrain) has these fields (config_base.train_block).
+BLOCK_CHECKS = (
+    Check("steps", count(1), "a training stage needs at least one step"),
+    Check("batch_size", count(1)),
+    Check("grad_accum", count(1)),
+    Check("lr", at_least(0), "a negative learning rate trains by gradient ascent"),
+    Check("schedule", one_of(SCHEDULES)),
+    Check("warmup_steps", count(0)),
+    Check("final_lr_fraction", within(0, 1)),
+    Check("decay_fraction", within(0, 1)),
+    Check("weight_decay", at_least(0)),
+    Check("b1", within(0, 1, hi_open=True)),
+    Check("b2", within(0, 1, hi_open=True)),
+    Check("eps", above(0)),
+    Check("clip_norm", at_least(0), "0 turns clipping off"),
+    Check("log_every", count(1)),
+    Check("eval_every", count(0), "0 turns evaluation off"),
+    Check("eval_batches", count(1)),
+    Check("ckpt_every", count(1)),
+    Check("keep_last", count(1)),
+    Check("keep_every", count(0), "0 turns it off"),
+    Check("max_bad_steps", count(1)),
+    Check("reweight_rule", one_of(REWEIGHT_RULES)),
+    Check("reweight_every", count(0), "0 reweights at every eval"),
+    Check("reweight_eta", at_least(0)),
+    Check("reweight_smoothing", within(0, 1)),
+    Check("upsample_last_fraction", within(0, 1)),
+    Check("upsample_factors", values_at_least(0)),
+    Check("domain_weights", WEIGHTS),
+    Check("ref_losses", FINITE_VALUES),
+)
+
+
+def _lagrangian(cfg) -> bool:
+  found = lookup(cfg, "prune.size_control")
+  return found is not None and found[1] == "lagrangian"
+
+
+CHECKS = tuple(Check(f"{b}.{c.path}", c.rule, c.why, c.when)
+               for b in TRAIN_BLOCKS for c in BLOCK_CHECKS) + (
+    Check("seed", count(0)),
+    # model
+    Check("model.compute_dtype", one_of(COMPUTE_DTYPES)),
+    Check("model.param_dtype", one_of(PARAM_DTYPES)),
+    Check("model.attention_impl", one_of(ATTENTION_IMPLS)),
+    Check("model.remat", one_of(REMAT_POLICIES)),
+    Check("model.family", one_of(FAMILIES)),
+    # data
+    Check("data.stream", one_of(STREAMS)),
+    Check("data.corpus", one_of(CORPORA)),
+    Check("data.seq_len", count(2), "a row needs a token and the token after it"),
+    Check("data.max_domain_mb", at_least(0), "0 takes everything"),
+    # pruning
+    Check("prune.method", one_of(PRUNE_METHODS)),
+    Check("prune.constraint", one_of(CONSTRAINTS)),
+    Check("prune.size_control", one_of(SIZE_CONTROLS)),
+    Check("prune.gate_forward", one_of(GATE_FORWARDS)),
+    Check("prune.mask_init", one_of(MASK_INITS)),
+    Check("prune.mask_lr", above(0), "at 0 the mask logits never move"),
+    # Either sign climbs the multipliers' gradient (jshear.optim); 0 never moves them, so
+    # nothing holds the masks to the target.
+    Check("prune.lambda_lr", NONZERO, "at 0 the Lagrange multipliers never move",
+          when=_lagrangian),
+    Check("prune.log_alpha_bounds", BOUNDS),
+    Check("prune.mask_init_spread", above(0)),
+    Check("prune.mask_init_band", within(0, 0.5, hi_open=True)),
+    Check("prune.mask_init_band_width", above(0)),
+    Check("prune.target_warmup_steps", count(0)),
+    Check("prune.layerchop_layout", one_of(LAYERCHOP_LAYOUTS)),
+    Check("prune.layerchop_width", one_of(LAYERCHOP_WIDTHS)),
+    Check("prune.calib_rows", count(1)),
+    Check("prune.calib_batch", count(1)),
+    Check("prune.layerchop_every", count(0), "0 drops the layers all at once"),
+    Check("prune.dimchop_every", count(1)),
+    Check("prune.dimchop_end_fraction", within(0, 1, lo_open=True)),
+    Check("prune.dimchop_straight_through", within(0, 1)),
+    *(Check(f"prune.target.{k}", count(0), "0 keeps the source's size")
+      for k in ("num_layers", "num_heads", "num_kv_heads", "hidden_size", "intermediate_size")),
+    # distillation
+    Check("distill.temperature", above(0)),
+    Check("distill.first_fraction", within(0, 1, lo_open=True)),
+    Check("distill.weight", at_least(0)),
+    Check("distill.lm_weight", at_least(0)),
+    Check("distill.hidden_weight", at_least(0)),
+    # export
+    Check("export.dtype", one_of(EXPORT_DTYPES), '"" keeps the params\' dtype'),
+)
+
+
+# ---- lookup and the check ----------------------------------------------------------------
+
+def _has(node, key) -> bool:
+  try:
+    return key in node
+  except TypeError:
+    return False
+
+
+def _blocks(node):
+  """(name, value) of the sub-blocks (mappings) of `node`."""
+  try:
+    items = list(node.items())
+  except (AttributeError, TypeError):
+    return []
+  return [(k, v) for k, v in items if hasattr(v, "items") and hasattr(v, "keys")]
+
+
+def lookup(cfg, path: str):
+  """(actual dotted path, value) of `path` in `cfg`, or None when it is not there. A key
+  missing at its place is looked for one level down (in that block's sub-blocks)."""
+  node, done = cfg, []
+  parts = path.split(".")
+  for i, key in enumerate(parts):
+    if _has(node, key):
+      node = node[key]
+      done.append(key)
+      continue
+    rest = ".".join(parts[i:])
+    for name, sub in _blocks(node):
+      found = _lookup_exact(sub, rest)
+      if found is not None:
+        return ".".join(done + [name, rest]), found[0]
+    return None
+  return ".".join(done), node
+
+
+def _lookup_exact(node, path: str):
+  for key in path.split("."):
+    if not _has(node, key):
+      return None
+    node = node[key]
+  return (node,)
+
+
+def problems(cfg, checks=CHECKS) -> list[str]:
+  """One message per failed check (keys the config does not have are skipped)."""
+  out = []
+  for c in checks:
+    if c.when is not None and not c.when(cfg):
+      continue
+    found = lookup(cfg, c.path)
+    if found is None:
+      continue
+    where, value = found
+    if hasattr(value, "to_dict"):  # a ConfigDict: show it as a plain dict
+      value = value.to_dict()
+    if not c.rule.ok(value):
+      out.append(f"config.{where}={value!r} must be {c.rule.text}"
+                 + (f" ({c.why})" if c.why else ""))
+  return out
+
+
+def check(cfg) -> None:
+  """Raises a JShearError naming every bad key (one line, `; `-separated)."""
+  bad = problems(cfg)
+  if bad:
+    raise JShearError("; ".join(bad))
