@@ -21,9 +21,8 @@ import dataclasses
 import jax
 import optax
 
+from jshear.config_check import SCHEDULES  # noqa: F401 (defined there, re-exported)
 from jshear.errors import JShearError
-
-SCHEDULES = ("cosine", "linear", "constant", "wsd")
 
 
 def make_schedule(kind: str, peak: float, total_steps: int, warmup_steps: int,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from jshear.config_check import EXPORT_DTYPES
 from jshear.errors import JShearError
 
 
@@ -20,7 +21,7 @@ def main(argv=None) -> int:
   e = sub.add_parser("export-hf", help="jshear model dir -> HF dir (safetensors + config)")
   e.add_argument("ckpt")
   e.add_argument("out_dir")
-  e.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+  e.add_argument("--dtype", choices=[d for d in EXPORT_DTYPES if d], default=None,
                  help="cast on export (default: keep the checkpoint's dtype)")
   e.add_argument("--overwrite", action="store_true")
   g = sub.add_parser("from-gguf", help="GGUF file -> HF dir, through transformers' loader")

@@ -17,6 +17,7 @@ from typing import Mapping
 
 import numpy as np
 
+from jshear.config_check import REWEIGHT_RULES as RULES  # noqa: F401 (defined there)
 from jshear.errors import JShearError
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,6 @@ REFERENCE_LOSSES = {
              "wiki": 2.0470, "arxiv": 1.6637, "c4": 2.3139},
 }
 
-RULES = ("sheared", "sheared_code", "doremi", "constant")
 DEFAULTS = {"sheared": {}, "sheared_code": {"eta": 1.0, "c": 1e-4},
             "doremi": {"eta": 1.0, "c": 1e-3}, "constant": {}}  # DoReMi's smoothing c
 

@@ -33,9 +33,9 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from jshear.config_check import ATTENTION_IMPLS as IMPLS  # noqa: F401 (defined there)
 from jshear.errors import JShearError
 
-IMPLS = ("xla", "cudnn", "pallas", "splash", "auto")
 BATCH_AXES = ("data", "fsdp")
 HEAD_AXIS = "tensor"
 _log = logging.getLogger(__name__)

@@ -7,14 +7,13 @@ import json
 import os
 from typing import Any
 
+from jshear.config_check import COMPUTE_DTYPES, FAMILIES, REMAT_POLICIES  # noqa: F401 (defined there)
 from jshear.errors import JShearError, check
 
 # HF model_type -> jshear block family.
 _FAMILY_OF_MODEL_TYPE = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "qwen3": "llama",
                          "cohere": "parallel"}
 _ROPE_TYPES = ("default", "linear", "llama3")
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
-COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def compute_dtype(name):
@@ -73,7 +72,7 @@ class ModelConfig:
   scan_layers: bool = True
 
   def __post_init__(self):
-    check(self.family in ("llama", "parallel"),
+    check(self.family in FAMILIES,
           f"model.family must be 'llama' or 'parallel', got {self.family!r}")
     for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
                  "num_kv_heads", "head_dim"):

@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from jshear.config_check import LAYERCHOP_LAYOUTS as LAYOUTS  # noqa: F401 (defined there)
 from jshear.errors import JShearError
-
-LAYOUTS = ("max_gap", "input", "output", "middle", "both")
 
 
 def dropped_layers(num_layers: int, target_layers: int, layout: str) -> list[int]:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from jshear.config_check import CONSTRAINTS  # noqa: F401 (defined there, re-exported)
 from jshear.errors import JShearError
 from jshear.model.config import ModelConfig
 from jshear.model.masks import MASK_NAMES, mask_shapes
@@ -27,7 +28,8 @@ from jshear.prune.targets import TargetShape, source_sizes, validate_target
 #   per-layer penalty averaged over layers (every layer pushed to the same shape);
 # per_layer: one multiplier pair per layer for [L, n] groups, the penalty summed over layers;
 # count (the paper's form): one scalar pair per group on the total expected count.
-CONSTRAINTS = ("layer_mean", "per_layer", "count")
+# (CONSTRAINTS, these names, is defined in jshear.config_check.)
+
 # Groups whose gates are [L, n]: constrained per layer in "per_layer" mode.
 ROW_GROUPS = ("head", "kv", "intermediate")
 

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from jshear import sharding as shd
 from jshear.checkpoint import Checkpointer, abstract_like
+from jshear.config_check import STREAMS  # noqa: F401 (defined there, re-exported)
 from jshear.data import reweight, upsample
 from jshear.data.mixture import MixtureLoader, domain_sources
 from jshear.errors import JShearError
@@ -108,9 +109,6 @@ def stage_seed(cfg, stage) -> int:
 
 def _span(ctx: Context, name: str):
   return stage_span(ctx.cfg, name, ctx.prune_trains)
-
-
-STREAMS = ("per_stage", "shared")
 
 
 def data_stream(cfg) -> str:

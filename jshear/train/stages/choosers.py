@@ -18,13 +18,12 @@ from typing import Callable
 import numpy as np
 
 from jshear import sharding as shd
+from jshear.config_check import LAYERCHOP_WIDTHS as _WIDTH_METHODS  # prune.layerchop_width
 from jshear.errors import JShearError
 from jshear.model.masks import mask_shapes
 from jshear.prune.targets import TargetShape, validate_target
 from jshear.train.loop import PruneSpec, train_stage
 from jshear.train.stages import masks_io
-
-_WIDTH_METHODS = ("importance", "magnitude", "random", "none")  # prune.layerchop_width
 
 
 @dataclasses.dataclass(frozen=True)
