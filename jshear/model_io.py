@@ -32,6 +32,7 @@ import tensorstore as ts
 from jshear.atomic import atomic_dir
 from jshear.errors import JShearError
 from jshear.model.config import ModelConfig
+from jshear.model.finite import check_finite
 from jshear.model.params import param_shapes
 
 CONFIG_FILE = "model_config.json"
@@ -216,10 +217,13 @@ def load_model(path: str, shardings=None, dtype=None):
 
   def read(arr, sharding=None):
     cast = (lambda x: x.astype(dtype)) if dtype is not None else (lambda x: x)
+    # Non-finite stored values are refused (jshear.model.finite), shard by shard.
+    name = os.path.basename(os.path.normpath(arr.kvstore.path))
+    get = lambda idx: cast(check_finite(arr[idx].read().result(), name, path,
+                                        whole=lambda: arr.read().result()))
     if sharding is None:
-      return cast(arr.read().result())
-    return jax.make_array_from_callback(tuple(arr.shape), sharding,
-                                        lambda idx: cast(arr[idx].read().result()))
+      return get(...)
+    return jax.make_array_from_callback(tuple(arr.shape), sharding, get)
 
   if shardings is None:
     return cfg, jax.tree.map(read, lazy, is_leaf=lambda x: isinstance(x, ts.TensorStore))

@@ -1,4 +1,8 @@
-"""Hugging Face safetensors directory -> jshear params (and model directory)."""
+"""Hugging Face safetensors directory -> jshear params (and model directory).
+
+Every tensor is checked on the way: missing, misshapen, of an unknown dtype or holding a
+non-finite value, it is refused with its name (before anything is written, or inside the
+atomic output dir, which a failure removes)."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from jshear import model_io
 from jshear.convert import hf_names
 from jshear.errors import JShearError
 from jshear.model.config import ModelConfig
+from jshear.model.finite import check_finite
 from jshear.model.params import fuse_layers
 
 _PICKLE_PATTERNS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
@@ -119,7 +124,7 @@ def _checked(reader: TensorReader, cfg: ModelConfig, name: str, part: str) -> np
   if tuple(w.shape) != want:
     raise JShearError(f"tensor {name!r} has shape {tuple(w.shape)}, expected {want} "
                       f"from config.json")
-  return w
+  return check_finite(w, name, reader.hf_dir)  # a NaN or inf source is refused here
 
 
 def _to_jshear(cfg: ModelConfig, part: str, w: np.ndarray) -> np.ndarray:
