@@ -140,7 +140,7 @@ def test_errors_name_the_problem(corpus, tmp_path, capsys):
   with pytest.raises(JShearError, match=r"x.jsonl:2: expected a string field 'text'"):
     prep.prepare(corpus["tok"], {"j": str(tmp_path / "j")}, str(tmp_path / "o2"), workers=0, progress=False)
   assert prep.main([f"--tokenizer={corpus['tok']}", f"--out={tmp_path / 'o3'}",
-                    f"--domain=e={tmp_path / 'empty'}"]) == 1
+                    f"--domain=e={tmp_path / 'empty'}"]) == 2
   assert "domain 'e'" in capsys.readouterr().err
 
 

@@ -111,4 +111,4 @@ def test_cli_ppl(tmp_path, capsys):
   for r in res.values():
     assert r["bpb"] > 0 and r["ppl"] > 1 and r["tokens"] > 0
   assert "wiki" in capsys.readouterr().out
-  assert eval_main(["ppl", "--model", path, "--text", str(tmp_path / "missing.txt")]) == 1
+  assert eval_main(["ppl", "--model", path, "--text", str(tmp_path / "missing.txt")]) == 2

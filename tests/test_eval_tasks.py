@@ -149,7 +149,7 @@ def test_model_dir_without_tokenizer(tmp_path, monkeypatch, capsys):
     loader.load(path)
   testing.make_fake_evalsets(str(tmp_path / "cache"))
   monkeypatch.setenv("JSHEAR_CACHE", str(tmp_path / "cache"))
-  assert eval_main(["tasks", "--model", path, "--tasks", "piqa"]) == 1
+  assert eval_main(["tasks", "--model", path, "--tasks", "piqa"]) == 2
   assert "has no tokenizer" in capsys.readouterr().err
 
 
@@ -157,7 +157,7 @@ def test_cli_tasks_end_to_end(tmp_path, monkeypatch, capsys):
   monkeypatch.setenv("JSHEAR_CACHE", str(tmp_path / "cache"))
   testing.make_fake_evalsets(str(tmp_path / "cache"))
   path = _tiny_model_dir(tmp_path)
-  assert eval_main(["tasks", "--model", path, "--tasks", "nope"]) == 1
+  assert eval_main(["tasks", "--model", path, "--tasks", "nope"]) == 2
   assert "known tasks" in capsys.readouterr().err
   out = tmp_path / "res.json"
   assert eval_main(["tasks", "--model", path, "--tasks", "all", "--limit", "1", "--out", str(out)]) == 0
@@ -229,7 +229,7 @@ def test_cli_tasks_accepts_lm_eval_spelling(tmp_path, monkeypatch, capsys):
 ])
 def test_cli_tasks_bad_model_args(tmp_path, monkeypatch, capsys, argv, words):
   path = _fake_world(tmp_path, monkeypatch)
-  assert eval_main(["tasks", "--tasks", "piqa"] + [a.format(p=path) for a in argv]) == 1
+  assert eval_main(["tasks", "--tasks", "piqa"] + [a.format(p=path) for a in argv]) == 2
   err = capsys.readouterr().err
   for w in words:
     assert w in err, err

@@ -365,7 +365,7 @@ def main(argv=None) -> int:
                 args.eval_docs, args.workers, args.seed, args.shard_sequences)
   except JShearError as e:
     print(f"error: {e}", file=sys.stderr)
-    return 1
+    return 2  # bad input (as every jshear CLI)
   for name, d in m["domains"].items():
     print(f"{name}: train {d['train']['tokens']:,} tokens / {d['train']['sequences']:,} seqs, "
           f"eval {d['eval']['tokens']:,} tokens / {d['eval']['sequences']:,} seqs, "

@@ -207,7 +207,7 @@ def main(argv=None) -> int:
       return cmd_lm_eval(argv[1:])
     except JShearError as e:
       print(f"error: {e}", file=sys.stderr)
-      return 1
+      return 2  # bad input (as every jshear CLI)
   ap = argparse.ArgumentParser(prog="python -m jshear.eval", description=__doc__.split("\n")[0])
   sub = ap.add_subparsers(dest="cmd", required=True)
   p = sub.add_parser("ppl", help="per-domain loss / perplexity / bits-per-byte of text files")
@@ -243,7 +243,7 @@ def main(argv=None) -> int:
     return {"ppl": cmd_ppl, "tasks": cmd_tasks, "fetch": cmd_fetch}[args.cmd](args)
   except JShearError as e:
     print(f"error: {e}", file=sys.stderr)
-    return 1
+    return 2
 
 
 if __name__ == "__main__":

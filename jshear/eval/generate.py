@@ -184,7 +184,7 @@ def main(argv=None) -> int:
                           rng=jax.random.key(args.seed))
   except JShearError as e:
     print(f"error: {e}", file=sys.stderr)
-    return 1
+    return 2  # bad input (as every jshear CLI)
   for p, t in zip(args.prompt, texts):
     print(f"{p}{t}\n---")
   return 0

@@ -19,12 +19,17 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (conf
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, outputs).")
 
 
+def _run(config, workdir):
+  from jshear.train.pipeline import run  # after the --workdir check: a refusal is quick
+  return run(config, workdir)
+
+
 def main(argv):
   del argv
   from jshear.cli import run_in_workdir  # imports after flag parsing keep --help fast
-  from jshear.train.pipeline import run
+  summary = run_in_workdir(_run, _CONFIG.value, _WORKDIR.value)
   from jshear.train.summary import print_summary
-  print_summary(run_in_workdir(run, _CONFIG.value, _WORKDIR.value))
+  print_summary(summary)
   return 0
 
 
