@@ -12,7 +12,7 @@ from jshear import model_io
 from jshear.eval import ppl, testing
 from jshear.eval.__main__ import main as eval_main
 from jshear.model.transformer import forward
-from jshear.train.loss import per_row_nll
+from jshear.model.loss import per_row_nll
 
 
 def test_sliding_windows_score_every_token_once_with_context():

@@ -3,7 +3,7 @@
   out = generate(params, cfg, [prompt_ids, ...], max_new_tokens=32)              # greedy
   out = generate(params, cfg, prompts, max_new_tokens=32, temperature=0.8, top_p=0.9,
                  rng=jax.random.key(0))
-  python -m jshear.generate --model=DIR --prompt "Once upon a time" [--max-new-tokens 64]
+  python -m jshear.eval.generate --model=DIR --prompt "Once upon a time" [--max-new-tokens 64]
 
 Prompts of a batch are left-padded to a common bucketed length P; the cache holds S =
 P + max_new_tokens slots (rounded up), fixed for the whole call. One jitted function runs the
@@ -166,7 +166,7 @@ def generate_text(loaded, prompts: Sequence[str], *, stop: Sequence[str] = (), *
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(prog="python -m jshear.generate", description=__doc__.split("\n")[0])
+  ap = argparse.ArgumentParser(prog="python -m jshear.eval.generate", description=__doc__.split("\n")[0])
   ap.add_argument("--model", required=True, help="jshear model dir or Hugging Face dir")
   ap.add_argument("--prompt", action="append", required=True)
   ap.add_argument("--max-new-tokens", type=int, default=64)

@@ -184,7 +184,8 @@ def _distiller(cfg, student, source):
   """The continue stage's Distiller from configs alone (the planner reads no weights)."""
   from jshear import distill
   from jshear.model.config import compute_dtype
-  from jshear.train.stages.common import model_config, resolve_source
+  from jshear.model_io import read_model_config as model_config
+  from jshear.train.stages.common import resolve_source
   from jshear.train.stages.continued import DISTILL_SEED_OFFSET, teacher_items
   teachers = [("source", source, None, True) if item == "source" else
               (item, model_config(resolve_source(item)), None, False)
