@@ -64,8 +64,12 @@ def test_missing_source_shape_names_the_flag_and_keys():
   assert plan.source_config(cfg, "prune", "llama3-8b").vocab_size == 128256
 
 
-def test_cli_refuses_a_missing_source_shape():
-  r = _run("--config=configs/sheared_2p7b.py", "--devices=8", "--set", "model.source_shape=''")
+@pytest.mark.parametrize("override", [("--config.model.source_shape=''",),
+                                      ("--set", "model.source_shape=''")],
+                         ids=["config-flag", "set-alias"])
+def test_cli_refuses_a_missing_source_shape(override):
+  """--config.KEY=VALUE, as jshear.train takes it, and its --set alias."""
+  r = _run("--config=configs/sheared_2p7b.py", "--devices=8", *override)
   assert r.returncode == 2 and "--source_shape" in r.stderr and "model.source" in r.stderr
   assert "Traceback" not in r.stderr and "num_layers=30" not in r.stderr   # no SmolLM2 guess
 

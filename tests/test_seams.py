@@ -66,7 +66,12 @@ def test_the_planner_compiles_the_step_the_loop_trains(world, tmp_path, monkeypa
       want = _fingerprint(built[name].lower(block.batch_size, tiny_world.SEQ))
       got = _fingerprint(planned.lower(block.batch_size, tiny_world.SEQ))
     assert got == want, f"stage {name}: the planner's program differs from the loop's"
-  assert built["continue"].teacher_shardings is not None   # the teacher is in the plan
+  assert built["continue"].teacher_shardings is not None
+  # The memory figure counts the resident teacher (the source: more bytes than the student).
+  out = plan.plan(cfg, "continue", plan.source_config(cfg, "continue"), mesh, 80.0)
+  gib = out["per_device_gib"]
+  assert gib["teachers"] > gib["params"] > 0
+  assert abs(gib["total"] - sum(v for k, v in gib.items() if k != "total")) < 1e-9
 
 
 # ---- a stage that exists only in this file -------------------------------------------

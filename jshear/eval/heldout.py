@@ -22,12 +22,13 @@ from jshear.data.shards import positions_from_segments
 from jshear.model.loss import row_nll
 
 
-def heldout_losses(ctx, model_cfg, params, masks=None, rows: int = 64,
+def heldout_losses(data_dir: str, mesh, model_cfg, params, masks=None, rows: int = 64,
                    batch_size: int = 8) -> dict:
-  """{"mean", "se", "domains": {d: {"loss", "se", "rows"}}} over up to `rows` rows a domain."""
-  sources = domain_sources(ctx.data_dir, "eval")
+  """{"mean", "se", "domains": {d: {"loss", "se", "rows"}}} over up to `rows` rows a domain
+  of the prepared data in `data_dir`, batches laid out on `mesh`."""
+  sources = domain_sources(data_dir, "eval")
   fn = jax.jit(lambda p, m, b: row_nll(p, b, cfg=model_cfg, masks=m),
-               out_shardings=shd.replicated(ctx.mesh))
+               out_shardings=shd.replicated(mesh))
   domains = {}
   for d in sorted(sources):
     src = sources[d]
@@ -42,7 +43,7 @@ def heldout_losses(ctx, model_cfg, params, masks=None, rows: int = 64,
     for s in range(0, len(tok), batch_size):
       b = {"tokens": tok[s:s + batch_size], "segment_ids": seg[s:s + batch_size],
            "positions": positions_from_segments(seg[s:s + batch_size])}
-      nll, cnt = fn(params, masks, shd.host_local_batch_to_global(b, ctx.mesh))
+      nll, cnt = fn(params, masks, shd.host_local_batch_to_global(b, mesh))
       nll, cnt = shd.to_host(nll), shd.to_host(cnt)
       losses += [float(a / c) for a, c in zip(nll, cnt) if c > 0]
     losses = np.asarray(losses[:n])

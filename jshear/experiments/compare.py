@@ -186,15 +186,12 @@ def heldout(cfg, model_dir: str, cache_path: str, rows: int) -> dict:
 
   from jshear import sharding as shd
   from jshear.eval.heldout import heldout_losses
-  from jshear.train.loop import Context
   from jshear.train.pipeline import resolve_data
   from jshear.train.stages.common import load_any
   m = load_any(model_dir, cfg)
   mesh = shd.make_mesh(dict(cfg.mesh.ici), dict(cfg.mesh.dcn))
   with jax.set_mesh(mesh):
-    ctx = Context(cfg=cfg, workdir="", mesh=mesh, writer=None,
-                  data_dir=resolve_data(cfg, m.tokenizer))
-    res = heldout_losses(ctx, m.cfg, m.params, None, rows)
+    res = heldout_losses(resolve_data(cfg, m.tokenizer), mesh, m.cfg, m.params, None, rows)
   if jax.process_index() == 0:
     write_json(cache_path, {"key": key, "heldout": res})
   return res

@@ -48,7 +48,7 @@ def swap(cfg, learned: str, oneshot: str, rows: int) -> dict:
     for mname, wd in (("learned masks", learned), ("one-shot masks", oneshot)):
       masks = masks_io.load(wd)
       for wname, params in (("source weights", src.params), ("pruning-stage weights", drifted)):
-        out[f"{mname} / {wname}"] = heldout_losses(ctx, src.cfg, params, masks, rows)
+        out[f"{mname} / {wname}"] = heldout_losses(data, mesh, src.cfg, params, masks, rows)
   return out
 
 
