@@ -33,11 +33,16 @@ log = logging.getLogger(__name__)
 STATE_VERSION = 1
 
 
+# train; the held-out rows' validation part (what steers training: dynamic batch loading,
+# in-loop evals, tuning) and test part (what is reported); eval = valid + test.
+SPLITS = ("train", "valid", "test", "eval")
+
+
 def domain_sources(prepared_dir: str, split: str = "train", tokenizer=None) -> dict[str, shards.ShardedSequences]:
   """Per-domain random-access sources of a prepared dataset (see prepare.py)."""
   m = load_manifest(prepared_dir, tokenizer)
-  if split not in ("train", "eval"):
-    raise JShearError(f"split: expected 'train' or 'eval', got '{split}'")
+  if split not in SPLITS:
+    raise JShearError(f"split: expected one of {SPLITS}, got '{split}'")
   return {name: shards.ShardedSequences([os.path.join(prepared_dir, s["file"]) for s in d[split]["shards"]])
           for name, d in m["domains"].items()}
 

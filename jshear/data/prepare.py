@@ -9,7 +9,8 @@ Two stages, both resumable (a killed run is simply started again):
    done are not redone.
 2. pack: per domain, hold out eval documents (by a seeded hash of file path and
    document index, so the split does not depend on workers or order of completion),
-   pack each split into `<domain>/{train,eval}-NNNNN.npy` (see shards.py), then
+   pack each split into `<domain>/{train,valid,test}-NNNNN.npy` (see shards.py; the
+   held-out documents divide into validation and test parts, `_split_eval`), then
    publish `<domain>/DONE.json`. Shard names are deterministic, so a rerun
    overwrites rather than duplicates.
 `manifest.json` is written last; `_work/` is removed once it exists.
@@ -35,7 +36,7 @@ from jshear.model_io import load_tokenizer
 
 log = logging.getLogger(__name__)
 
-FORMAT = "jshear.shards.v1"
+FORMAT = "jshear.shards.v2"  # v2: the held-out rows divide into valid and test parts
 WORK = "_work"
 TOKENIZE_KEYS = ("format", "tokenizer", "plan")  # what the tokenized files in _work depend on
 
@@ -183,17 +184,65 @@ def _pack_domain(name: str, files: list[dict], caches: list[str], out: str, cfg:
         k += 1
 
   entry = {"files": files, "skipped_files": skipped, "n_skipped": len(skipped)}
-  for split in ("train", "eval"):
-    lens = np.concatenate([lengths[fi] for fi in owner])[is_eval == (split == "eval")]
-    shard_list = []
-    for i, rows in enumerate(shards.pack(docs(split == "eval"), cfg["seq_len"], cfg["shard_sequences"],
-                                         cfg["tokenizer"]["pad_id"])):
-      rel = f"{name}/{shards.shard_name(split, i)}"
-      shards.write_shard(os.path.join(out, rel), rows)
-      shard_list.append({"file": rel, "sequences": int(len(rows))})
-    entry[split] = {"docs": int(len(lens)), "tokens": int(lens.sum()),
-                    "sequences": sum(s["sequences"] for s in shard_list), "shards": shard_list}
+  all_lens = np.concatenate([lengths[fi] for fi in owner])
+  lens = all_lens[~is_eval]
+  entry["train"] = _write_split(name, "train", shards.pack(docs(False), cfg["seq_len"],
+                                                           cfg["shard_sequences"],
+                                                           cfg["tokenizer"]["pad_id"]), out)
+  entry["train"].update(docs=int(len(lens)), tokens=int(lens.sum()))
+  entry.update(_split_eval(name, np.asarray(keys)[is_eval], all_lens[is_eval],
+                           list(docs(True)), cfg, out))
   entry["inputs_hash"] = _hash([(f["path"], f.get("sha256", f.get("skipped"))) for f in files])
+  return entry
+
+
+# Held-out documents are divided into a validation part (what dynamic batch loading, the
+# in-loop evals and any tuning read) and a test part (what final figures and comparisons
+# report). By whole documents when a domain holds out at least EVAL_SPLIT_MIN_DOCS of
+# them, else by contiguous row blocks (a document may then straddle the boundary).
+VALID_FRACTION = 0.25
+EVAL_SPLIT_MIN_DOCS = 4
+
+
+def _write_split(name: str, split: str, shard_rows, out: str) -> dict:
+  shard_list = []
+  for i, rows in enumerate(shard_rows):
+    rel = f"{name}/{shards.shard_name(split, i)}"
+    shards.write_shard(os.path.join(out, rel), rows)
+    shard_list.append({"file": rel, "sequences": int(len(rows))})
+  return {"sequences": sum(s["sequences"] for s in shard_list), "shards": shard_list}
+
+
+def _split_eval(name: str, keys: np.ndarray, lens: np.ndarray, docs: list, cfg: dict,
+                out: str) -> dict:
+  """{"valid", "test", "eval" (both, valid rows first), "eval_split"} of one domain."""
+  pack = lambda ds: list(shards.pack(iter(ds), cfg["seq_len"], cfg["shard_sequences"],
+                                     cfg["tokenizer"]["pad_id"]))
+  n = len(docs)
+  if n >= EVAL_SPLIT_MIN_DOCS:
+    order = np.argsort(keys, kind="stable")        # the seeded document hash decides
+    valid = np.zeros(n, bool)
+    valid[order[:max(1, int(round(n * VALID_FRACTION)))]] = True
+    parts = {"valid": pack([d for d, v in zip(docs, valid) if v]),
+             "test": pack([d for d, v in zip(docs, valid) if not v])}
+    how = {"by": "documents", "valid_docs": int(valid.sum()), "test_docs": int(n - valid.sum())}
+    doc_stats = {"valid": lens[valid], "test": lens[~valid]}
+  else:
+    rows = np.concatenate(pack(docs)) if n else np.zeros((0, 2, cfg["seq_len"]), np.int32)
+    cut = max(1, int(round(len(rows) * VALID_FRACTION))) if len(rows) > 1 else len(rows)
+    parts = {"valid": [rows[:cut]] if cut else [], "test": [rows[cut:]] if len(rows) > cut else []}
+    how = {"by": "rows", "docs": n}
+    doc_stats = {}
+  entry = {}
+  for split, shard_rows in parts.items():
+    entry[split] = _write_split(name, split, shard_rows, out)
+    if split in doc_stats:
+      entry[split].update(docs=int(len(doc_stats[split])), tokens=int(doc_stats[split].sum()))
+  how.update(valid_rows=entry["valid"]["sequences"], test_rows=entry["test"]["sequences"])
+  entry["eval_split"] = how
+  entry["eval"] = {"docs": n, "tokens": int(lens.sum()),
+                   "sequences": entry["valid"]["sequences"] + entry["test"]["sequences"],
+                   "shards": entry["valid"]["shards"] + entry["test"]["shards"]}
   return entry
 
 

@@ -23,10 +23,15 @@ from jshear.model.loss import row_nll
 
 
 def heldout_losses(data_dir: str, mesh, model_cfg, params, masks=None, rows: int = 64,
-                   batch_size: int = 8) -> dict:
-  """{"mean", "se", "domains": {d: {"loss", "se", "rows"}}} over up to `rows` rows a domain
-  of the prepared data in `data_dir`, batches laid out on `mesh`."""
-  sources = domain_sources(data_dir, "eval")
+                   batch_size: int = 8, split: str = "test") -> dict:
+  """{"mean", "se", "split", "domains": {d: {"loss", "se", "rows"}}} over the first `rows`
+  rows a domain of the prepared data's `split` (reported figures: the test part, never the
+  validation rows that steered training), batches laid out on `mesh` (each process passes
+  its slice of every batch)."""
+  sources = domain_sources(data_dir, split)
+  P, p_i = jax.process_count(), jax.process_index()
+  if batch_size % P:
+    batch_size = P * max(1, batch_size // P)
   fn = jax.jit(lambda p, m, b: row_nll(p, b, cfg=model_cfg, masks=m),
                out_shardings=shd.replicated(mesh))
   domains = {}
@@ -40,9 +45,11 @@ def heldout_losses(data_dir: str, mesh, model_cfg, params, masks=None, rows: int
     tok = np.concatenate([data[:, 0], np.zeros((pad, data.shape[-1]), data.dtype)])
     seg = np.concatenate([data[:, 1], np.zeros((pad, data.shape[-1]), data.dtype)])
     losses = []
+    per_host = batch_size // P
     for s in range(0, len(tok), batch_size):
-      b = {"tokens": tok[s:s + batch_size], "segment_ids": seg[s:s + batch_size],
-           "positions": positions_from_segments(seg[s:s + batch_size])}
+      mine = slice(s + p_i * per_host, s + (p_i + 1) * per_host)
+      b = {"tokens": tok[mine], "segment_ids": seg[mine],
+           "positions": positions_from_segments(seg[mine])}
       nll, cnt = fn(params, masks, shd.host_local_batch_to_global(b, mesh))
       nll, cnt = shd.to_host(nll), shd.to_host(cnt)
       losses += [float(a / c) for a, c in zip(nll, cnt) if c > 0]
@@ -53,7 +60,7 @@ def heldout_losses(data_dir: str, mesh, model_cfg, params, masks=None, rows: int
   k = len(domains)
   mean = float(np.mean([v["loss"] for v in domains.values()]))
   se = _combined([v["se"] for v in domains.values() if v["se"] == v["se"]], k)
-  return {"mean": mean, "se": se, "domains": domains}
+  return {"mean": mean, "se": se, "split": split, "domains": domains}
 
 
 def _se(x: np.ndarray) -> float:

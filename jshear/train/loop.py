@@ -35,13 +35,15 @@ _log = logging.getLogger(__name__)
 
 
 class DomainEval:
-  """Fixed per-domain held-out batches and a jitted per-domain (nll, tokens) reduction."""
+  """Fixed per-domain validation batches and a jitted per-domain (nll, tokens) reduction:
+  the in-loop evals and dynamic batch loading read these rows; reported figures use the
+  test rows (`jshear.eval.heldout`)."""
 
   def __init__(self, ctx: Context, model_cfg: ModelConfig, domains, batch_size: int,
                n_batches: int, compute_dtype=None):
     self.domains = list(domains)
     mesh, P = ctx.mesh, jax.process_count()
-    sources = domain_sources(ctx.data_dir, "eval")
+    sources = domain_sources(ctx.data_dir, "valid")  # what steers training; never reported
     rows, doms = [], []
     for i, d in enumerate(self.domains):
       src = sources.get(d, [])

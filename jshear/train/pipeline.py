@@ -31,11 +31,11 @@ from jshear.model.config import SHAPE_KEYS, ModelConfig
 from jshear.model.params import count_params
 from jshear.optim import check_one_schedule
 from jshear.prune.targets import target_config
-from jshear.train.loop import DomainEval, data_stream
+from jshear.train.loop import data_stream
 from jshear.train import stages as stage_table
 from jshear.train.stages.choosers import PRUNE_METHODS, prune_spec, trains_in_prune  # noqa: F401
-from jshear.train.stages.common import (Model, RunContext, eval_domains, load_any,
-                                        resolve_source, write_json_atomic)
+from jshear.train.stages.common import (Model, RunContext, load_any, resolve_source,
+                                        write_json_atomic)
 from jshear.train.stages import source as source_mod
 
 _log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def resolve_data(cfg, tokenizer_dir: str | None) -> str:
     with open(os.path.join(tokenizer_dir, "tokenizer.json"), "rb") as f:
       tok_hash = hashlib.sha1(f.read()).hexdigest()[:10]
     path = os.path.join(assets.cache_root(), "prepared",
-                        f"local-v2-{tok_hash}-T{cfg.data.seq_len}")
+                        f"local-v3-{tok_hash}-T{cfg.data.seq_len}")
     if not os.path.exists(os.path.join(path, "manifest.json")):
       if jax.process_index() == 0:
         domains = {d: os.path.join(root, d) for d in sorted(os.listdir(root))
@@ -154,8 +154,8 @@ def _stage_key(cfg, stage: str) -> str:
   d = json.loads(cfg.to_json_best_effort())
   order = stage_table.names()
   later = order[order.index(stage) + 1:]
-  for k in _RESUMABLE_KEYS + ("final_eval",) + sum((stage_table.get(s).blocks for s in later),
-                                                   ()):
+  final = ("final_eval", "final_eval_rows")
+  for k in _RESUMABLE_KEYS + final + sum((stage_table.get(s).blocks for s in later), ()):
     d.pop(k, None)
   return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -309,6 +309,7 @@ def _run_stages(ctx: RunContext, model: Model) -> dict:
   out["final_config"] = json.loads(model.cfg.to_json())
   if ctx.data_dir and cfg.final_eval and model.params is not None:
     out["eval"] = _final_eval(ctx, model)
+    out["eval_test"] = ctx.out["eval_test"]
   out["tokens_per_s"] = _stage_throughput(ctx.writer.path)
   write_json_atomic(os.path.join(workdir, "summary.json"), out)
   if cfg.drop_checkpoints:
@@ -318,23 +319,29 @@ def _run_stages(ctx: RunContext, model: Model) -> dict:
 
 
 def _final_eval(ctx: RunContext, model: Model) -> dict:
-  block = ctx.cfg.continued if "continue" in ctx.stages else ctx.cfg.prune
+  """Per-domain held-out losses of the source and final models on the test rows (never
+  the validation rows dynamic batch loading read), config.final_eval_rows a domain; the
+  means with their standard errors go to the summary's `eval_test`."""
+  from jshear.eval.heldout import heldout_losses
   source = ctx.source
   if source is None and model.origin:
     try:
       source = source_mod.unpruned_source(ctx, model, ["the final evaluation"])
     except JShearError as err:
       _log.warning("no source row in the final evaluation: %s", err)
-  out = {}
+  out, stats = {}, {}
+  rows = int(ctx.cfg.get("final_eval_rows", 64))
   for name, m in (("source", source), ("final", model)):
     if m is not None and m.params is not None:
-      ev = DomainEval(ctx, m.cfg, eval_domains(ctx.data_dir), block.batch_size,
-                      block.eval_batches)
-      out[name] = ev(m.params)
-      bad = sorted(d for d, l in out[name].items() if ev.counts.get(d) and not np.isfinite(l))
-      if bad:  # NaN without eval rows is "no data"; with rows it is a broken model
+      res = heldout_losses(ctx.data_dir, ctx.mesh, m.cfg, m.params, rows=rows)
+      out[name] = {d: v["loss"] for d, v in res["domains"].items()}
+      stats[name] = {"mean": res["mean"], "se": res["se"], "split": res["split"],
+                     "rows": {d: v["rows"] for d, v in res["domains"].items()}}
+      bad = sorted(d for d, l in out[name].items() if not np.isfinite(l))
+      if bad or not np.isfinite(res["mean"]):  # scored rows that give NaN: a broken model
         raise JShearError(f"final evaluation: the {name} model's held-out loss is not finite "
-                          f"in {bad}; no summary is written")
+                          f"in {bad or 'the mean'}; no summary is written")
+  ctx.out["eval_test"] = stats
   return out
 
 
