@@ -33,8 +33,8 @@ def get_config():
 
   p = c.prune                     # learned (demo recipe) and dimchop train; one-shot skip it
   p.steps, p.batch_size, p.warmup_steps = 30, 4, 3
-  p.layerchop_layout = "max_gap"
-  p.layerchop_width = "importance"
+  p.layerchop.layout = "max_gap"   # each method's block; compare resets the blocks a
+  p.layerchop.width = "importance"  # method does not read to their defaults
   # dimchop: the defaults re-score every 10 steps (steps 0, 10, 20), target reached at 20.
 
   k = c.continued                 # the same budget for every method

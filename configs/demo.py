@@ -9,10 +9,12 @@ through gates on a band of MLP units near the cut); the
 README reports what the demo reaches and why the reference settings do not at this budget.
 """
 
-from jshear.config_base import base_config
+from jshear.config_base import base_config, for_method
 
 
-def get_config():
+def get_config(method: str = "learned"):
+  """`configs/demo.py:M` (e.g. :dimchop): the same run with prune.method=M; the learned
+  recipe below is dropped, the calibration rows kept where M reads them."""
   c = base_config()
   c.stages = "prune,finalize,continue,export"
   c.model.source = "smollm2"
@@ -28,22 +30,23 @@ def get_config():
   # activation-importance ranks with a gap, wide clamp bounds keep settled gates at 0 or 1,
   # and a projection holds the expected sizes at the target instead of the Lagrangian
   # (whose multipliers overshoot far past the target in tens of steps).
-  p.mask_init, p.mask_init_spread = "importance", 6.0
+  lc = p.learned
+  lc.mask_init, lc.mask_init_spread = "importance", 6.0
   # (-20, 20): kept and dropped gates stay silent; with (-10, 10) the best dropped gates are
   # on in 8% of samples and the projection drags kept ones into noise (demo: -0.014 +- 0.001
   # held-out, paired; 120 steps: -0.046; README, "The gap, controlled").
-  p.log_alpha_bounds = (-20.0, 20.0)
-  p.size_control = "projection"
-  p.target_warmup_steps = 0
+  lc.log_alpha_bounds = (-20.0, 20.0)
+  lc.size_control = "projection"
+  lc.target_warmup_steps = 0
   # Let the gates choose: the 10% of MLP units nearest the cut start in transition, the
   # forward trains the whole units finalize would keep (gradients straight through the
   # top-k), and mask lr 0.1 makes a unit cross only on gradients that agree over many
   # batches. 120 pruning steps: -0.005 +- 0.002 against the same recipe without the band and
   # -0.010 +- 0.002 against importance (3 seeds); at 30 steps +0.001 +- 0.001 (README,
   # "Straight-through gates").
-  p.mask_init_band, p.mask_init_band_groups = 0.1, "intermediate"
-  p.gate_forward, p.mask_lr = "deterministic", 0.1
-  p.calib_rows, p.calib_batch = 16, 4
+  lc.mask_init_band, lc.mask_init_band_groups = 0.1, "intermediate"
+  lc.gate_forward, lc.mask_lr = "deterministic", 0.1
+  p.calib.rows, p.calib.batch = 16, 4
   p.target.update(num_layers=20, num_heads=6, num_kv_heads=2, hidden_size=384,
                   intermediate_size=1024)
   p.log_every, p.eval_every, p.eval_batches, p.ckpt_every = 2, 10, 1, 10
@@ -57,4 +60,4 @@ def get_config():
   # mean held-out (64 rows a domain, paired) for ~1.2 min; all 40 steps gave -0.073 for
   # ~2.5 min (README, "Learned pruning at small budgets").
   c.distill.enable, c.distill.first_fraction = True, 0.5
-  return c
+  return for_method(c, method)

@@ -18,16 +18,17 @@ drop two KV groups instead of query heads inside groups:
       --config.prune.target.num_kv_heads=6 --config.prune.target.hidden_size=768 \
       --config.prune.target.intermediate_size=2048
 
-Other choosers work the same way (`--config.prune.method=dimchop|importance|layerchop|
-magnitude`). Budgets are the demo's (tens of steps on the local corpus, tokenized with the
-source's own tokenizer): enough to show every stage, not to recover quality.
+Other choosers work the same way (`--config=configs/prune_qwen.py:M` with M one of dimchop,
+importance, layerchop, magnitude: prune.method=M without the learned recipe). Budgets are
+the demo's (tens of steps on the local corpus, tokenized with the source's own tokenizer):
+enough to show every stage, not to recover quality.
 """
 
 from configs import demo
 
 
-def get_config():
-  c = demo.get_config()
+def get_config(method: str = "learned"):
+  c = demo.get_config(method)
   c.model.source = ""  # required: the Qwen model's HF directory (see above)
   c.model.source_shape = "qwen2.5-0.5b"  # what `python -m jshear.train.plan` assumes until then
   p = c.prune

@@ -29,8 +29,8 @@ def get_config(target=TARGET, ref=REF):
 
   p = c.prune
   p.steps, p.batch_size, p.lr, p.warmup_steps = 3200, 32, 1e-4, 320
-  p.target_warmup_steps = 640
-  p.mask_lr, p.lambda_lr = 1.0, -1.0
+  p.learned.target_warmup_steps = 640
+  p.learned.mask_lr, p.learned.lambda_lr = 1.0, -1.0
   p.groups = "layer,head,intermediate,hidden"
   p.target.update(**target)
   p.eval_every, p.reweight_every, p.reweight_rule = 50, 50, "sheared"

@@ -45,11 +45,6 @@ def train_block(**overrides) -> mlc.ConfigDict:
   c.domain_weights = mlc.ConfigDict()  # {domain: w}; empty -> uniform over prepared domains
   c.upsample_last_fraction = 0.0      # domain upsampling in the last X of steps
   c.upsample_factors = mlc.ConfigDict()
-  # Pruning-stage only (ignored elsewhere).
-  c.mask_lr = 1.0
-  c.lambda_lr = -1.0            # negative: gradient ascent on the Lagrange multipliers
-  c.schedule_masks = True       # reference code scales mask/lambda lr by the schedule
-  c.clip_masks = True           # reference code clips masks and lambdas with the weights
   c.update(overrides)
   return c
 
@@ -61,6 +56,7 @@ def base_config() -> mlc.ConfigDict:
   c.init_from = ""              # jshear model dir to start the first stage from
   c.overwrite = False           # allow a workdir that holds a different run's config
   c.final_eval = True           # per-domain loss of the source and final models at the end
+  c.final_eval_rows = 64        # ... on the first N test rows a domain (mean +- s.e.)
   c.drop_checkpoints = False    # True: a finished run deletes its stages' checkpoints (train
                                 # state + loader position; jshear/train/cleanup.py)
 
@@ -108,41 +104,60 @@ def base_config() -> mlc.ConfigDict:
 
   c.prune = train_block(steps=3200, batch_size=32, lr=1e-4, warmup_steps=320,
                         reweight_every=50)
-  c.prune.method = "learned"
+  c.prune.method = "learned"        # a key of jshear.train.stages.choosers.CHOOSERS
   c.prune.groups = "layer,head,intermediate,hidden"
-  c.prune.constraint = "layer_mean"  # layer_mean (reference code) | per_layer | count (paper)
-  c.prune.size_control = "lagrangian"  # lagrangian (reference) | projection (exact sizes)
-  c.prune.log_alpha_bounds = (math.log(0.01), math.log(100.0))  # the clamp (reference)
-  c.prune.mask_init = "uniform"      # uniform (reference: every gate intact) | importance
-  c.prune.mask_init_spread = 6.0     # importance init: dropped units start up to this far
-                                     # above the lower bound (see jshear/prune/mask_init.py)
-  c.prune.mask_init_band = 0.0       # importance init: this fraction of each set's units on
-  c.prune.mask_init_band_width = 3.0  # either side of the cut start in (-width, +width)
-  c.prune.mask_init_band_groups = ""  # the groups with a band ("": all)
-  # sample (reference): the training forward uses a hard-concrete gate sample; deterministic:
-  # the 0/1 masks finalize would keep, gradients straight through (jshear/prune/state.py).
-  c.prune.gate_forward = "sample"
-  c.prune.target_warmup_steps = 640
+  c.prune.target = mlc.ConfigDict({"num_layers": 0, "num_heads": 0, "num_kv_heads": 0,
+                                   "hidden_size": 0, "intermediate_size": 0})
   # True: the pruning and continue stages follow one lr schedule over prune.steps +
   # continued.steps (prune's lr, schedule, warmup_steps); the continue stage enters it at
   # step prune.steps, ramping its fresh optimizer up over continued.warmup_steps. False:
   # each stage its own warm-up and decay (reference). Only when the pruning stage trains.
   c.prune.one_schedule = False
-  c.prune.target = mlc.ConfigDict({"num_layers": 0, "num_heads": 0, "num_kv_heads": 0,
-                                   "hidden_size": 0, "intermediate_size": 0})
-  # Mask choosers other than learned (one-shot, or iterative while training).
-  c.prune.layerchop_layout = "max_gap"   # max_gap | input | output | middle | both
-  c.prune.layerchop_width = "importance"  # layerchop: how widths shrink (importance |
-                                          # magnitude | random | none: depth only)
-  c.prune.calib_rows = 32       # importance: first N training rows of every domain
-  c.prune.calib_batch = 8       # importance: rows per scoring forward
-  c.prune.layerchop_every = 0   # > 0: drop LayerCHOP's layers one every N prune steps while
+  # A method's own knobs sit in its block; setting a knob (away from its default here) that
+  # the chosen method does not read is refused (jshear.train.stages.choosers.check_knobs).
+
+  # prune.method=learned (the Sheared-LLaMA method: hard-concrete masks, jshear/prune/).
+  lc = c.prune.learned = mlc.ConfigDict()
+  lc.constraint = "layer_mean"  # layer_mean (reference code) | per_layer | count (paper)
+  lc.size_control = "lagrangian"  # lagrangian (reference) | projection (exact sizes)
+  lc.log_alpha_bounds = (math.log(0.01), math.log(100.0))  # the clamp (reference)
+  lc.mask_init = "uniform"      # uniform (reference: every gate intact) | importance
+  lc.mask_init_spread = 6.0     # importance init: dropped units start up to this far
+                                # above the lower bound (see jshear/prune/mask_init.py)
+  lc.mask_init_band = 0.0       # importance init: this fraction of each set's units on
+  lc.mask_init_band_width = 3.0  # either side of the cut start in (-width, +width)
+  lc.mask_init_band_groups = ""  # the groups with a band ("": all)
+  # sample (reference): the training forward uses a hard-concrete gate sample; deterministic:
+  # the 0/1 masks finalize would keep, gradients straight through (jshear/prune/state.py).
+  lc.gate_forward = "sample"
+  lc.target_warmup_steps = 640
+  # The optimizer groups of the masks and the Lagrange multipliers (jshear/optim.py).
+  lc.mask_lr = 1.0
+  lc.lambda_lr = -1.0           # negative: gradient ascent on the Lagrange multipliers
+  lc.schedule_masks = True      # reference code scales mask/lambda lr by the schedule
+  lc.clip_masks = True          # reference code clips masks and lambdas with the weights
+
+  # prune.method=layerchop (depth by layout, widths one-shot; jshear/prune/layerchop.py).
+  c.prune.layerchop = mlc.ConfigDict()
+  c.prune.layerchop.layout = "max_gap"   # max_gap | input | output | middle | both
+  c.prune.layerchop.width = "importance"  # how widths shrink (importance | magnitude |
+                                          # random | none: depth only)
+  c.prune.layerchop.every = 0   # > 0: drop the layers one every N prune steps while
                                 # training (the prune stage trains); 0: all at once
-  # DimCHOP (prune.method=dimchop, see jshear/prune/iterative.py): re-score by importance
-  # every N steps; sizes reach the target after this fraction of prune.steps.
-  c.prune.dimchop_every = 10
-  c.prune.dimchop_end_fraction = 0.75
-  c.prune.dimchop_straight_through = 1.0  # gradient weight masked dims keep (0: frozen)
+
+  # prune.method=dimchop (see jshear/prune/iterative.py): re-score by importance every N
+  # steps; sizes reach the target after this fraction of prune.steps.
+  c.prune.dimchop = mlc.ConfigDict()
+  c.prune.dimchop.every = 10
+  c.prune.dimchop.end_fraction = 0.75
+  c.prune.dimchop.straight_through = 1.0  # gradient weight masked dims keep (0: frozen)
+
+  # Calibration rows of activation-importance scores, read by prune.method=importance and
+  # dimchop, learned with learned.mask_init=importance, layerchop with layerchop.width=
+  # importance.
+  c.prune.calib = mlc.ConfigDict()
+  c.prune.calib.rows = 32       # the first N training rows of every domain
+  c.prune.calib.batch = 8       # rows per scoring forward
   c.continued = train_block(steps=48000, batch_size=256, lr=1e-4, warmup_steps=1440,
                             reweight_every=400)
   c.pretrain = train_block()
@@ -160,3 +175,80 @@ def base_config() -> mlc.ConfigDict:
   c.distill.hidden_weight = 1.0
   c.export = mlc.ConfigDict({"dtype": ""})  # "" keeps the params' dtype
   return c
+
+
+# ---- which method reads which knob -------------------------------------------------------
+
+def _reads_calib(cfg) -> bool:
+  p = cfg.prune
+  return (p.method in ("importance", "dimchop")
+          or (p.method == "learned" and p.learned.mask_init == "importance")
+          or (p.method == "layerchop" and p.layerchop.width == "importance"))
+
+
+# prune.<block>: (whether this run's method reads it, who reads it). The train-block fields
+# and prune.{method, groups, target, one_schedule} are read by every method that uses them.
+KNOB_BLOCKS = {
+    "learned": (lambda cfg: cfg.prune.method == "learned", "prune.method=learned"),
+    "layerchop": (lambda cfg: cfg.prune.method == "layerchop", "prune.method=layerchop"),
+    "dimchop": (lambda cfg: cfg.prune.method == "dimchop", "prune.method=dimchop"),
+    "calib": (_reads_calib, "prune.method=importance or dimchop, learned with "
+                            "prune.learned.mask_init=importance and layerchop with "
+                            "prune.layerchop.width=importance"),
+}
+
+
+def _plain(x):
+  if hasattr(x, "to_dict"):
+    x = x.to_dict()
+  if isinstance(x, dict):
+    return {k: _plain(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_plain(v) for v in x]
+  return x
+
+
+def _uses(cfg) -> str:
+  p = cfg.prune
+  if p.method == "learned":
+    return f"learned with prune.learned.mask_init={p.learned.mask_init}"
+  if p.method == "layerchop":
+    return f"layerchop with prune.layerchop.width={p.layerchop.width}"
+  return p.method
+
+
+def unread_knobs(cfg) -> list[str]:
+  """One message per key of a method block (prune.learned, .layerchop, .dimchop, .calib)
+  that differs from its `base_config()` default although this run's method does not read it."""
+  defaults = base_config().prune
+  out = []
+  for name, (reads, readers) in KNOB_BLOCKS.items():
+    if name not in cfg.prune or reads(cfg):
+      continue
+    block, default = cfg.prune[name], defaults[name]
+    for key in block:
+      value = block[key]
+      if key in default and _plain(value) == _plain(default[key]):
+        continue
+      uses = _uses(cfg) if name == "calib" else cfg.prune.method
+      shown = value.to_dict() if hasattr(value, "to_dict") else value
+      out.append(f"config.prune.{name}.{key}={shown!r} is read only by {readers} "
+                 f"(this run uses {uses}); remove it or switch method")
+  return out
+
+
+def reset_unread_blocks(cfg) -> None:
+  """Sets (in place) every method block this run's method does not read back to its
+  `base_config()` default, so a config shared by several methods passes `check_knobs`."""
+  defaults = base_config().prune
+  unread = [name for name, (reads, _) in KNOB_BLOCKS.items() if not reads(cfg)]
+  for name in unread:
+    cfg.prune[name] = defaults[name]
+
+
+def for_method(cfg, method: str) -> mlc.ConfigDict:
+  """`cfg` (in place) switched to prune.method `method`, the method blocks that method does
+  not read at their defaults: configs/demo.py:dimchop, a run config for another method."""
+  cfg.prune.method = method
+  reset_unread_blocks(cfg)
+  return cfg

@@ -26,14 +26,14 @@ from jshear.errors import JShearError
 
 SCHEDULES = ("cosine", "linear", "constant", "wsd")                 # <block>.schedule
 REWEIGHT_RULES = ("sheared", "sheared_code", "doremi", "constant")  # <block>.reweight_rule
-CONSTRAINTS = ("layer_mean", "per_layer", "count")                  # prune.constraint
-SIZE_CONTROLS = ("lagrangian", "projection")                        # prune.size_control
-GATE_FORWARDS = ("sample", "deterministic")                         # prune.gate_forward
-MASK_INITS = ("uniform", "importance")                              # prune.mask_init
+CONSTRAINTS = ("layer_mean", "per_layer", "count")                  # prune.learned.constraint
+SIZE_CONTROLS = ("lagrangian", "projection")                        # prune.learned.size_control
+GATE_FORWARDS = ("sample", "deterministic")                         # prune.learned.gate_forward
+MASK_INITS = ("uniform", "importance")                              # prune.learned.mask_init
 # prune.method: the keys of jshear.train.stages.choosers.CHOOSERS (a test keeps them equal).
 PRUNE_METHODS = ("learned", "dimchop", "layerchop", "importance", "magnitude", "random")
-LAYERCHOP_LAYOUTS = ("max_gap", "input", "output", "middle", "both")  # prune.layerchop_layout
-LAYERCHOP_WIDTHS = ("importance", "magnitude", "random", "none")      # prune.layerchop_width
+LAYERCHOP_LAYOUTS = ("max_gap", "input", "output", "middle", "both")  # prune.layerchop.layout
+LAYERCHOP_WIDTHS = ("importance", "magnitude", "random", "none")      # prune.layerchop.width
 STREAMS = ("per_stage", "shared")                                   # data.stream
 CORPORA = ("", "local")                                             # data.corpus
 ATTENTION_IMPLS = ("xla", "cudnn", "pallas", "splash", "auto")      # model.attention_impl
@@ -158,7 +158,7 @@ BLOCK_CHECKS = (
 
 
 def _lagrangian(cfg) -> bool:
-  found = lookup(cfg, "prune.size_control")
+  found = lookup(cfg, "prune.learned.size_control")
   return found is not None and found[1] == "lagrangian"
 
 
@@ -178,28 +178,28 @@ CHECKS = tuple(Check(f"{b}.{c.path}", c.rule, c.why, c.when)
     Check("data.max_domain_mb", at_least(0), "0 takes everything"),
     # pruning
     Check("prune.method", one_of(PRUNE_METHODS)),
-    Check("prune.constraint", one_of(CONSTRAINTS)),
-    Check("prune.size_control", one_of(SIZE_CONTROLS)),
-    Check("prune.gate_forward", one_of(GATE_FORWARDS)),
-    Check("prune.mask_init", one_of(MASK_INITS)),
-    Check("prune.mask_lr", above(0), "at 0 the mask logits never move"),
+    Check("prune.learned.constraint", one_of(CONSTRAINTS)),
+    Check("prune.learned.size_control", one_of(SIZE_CONTROLS)),
+    Check("prune.learned.gate_forward", one_of(GATE_FORWARDS)),
+    Check("prune.learned.mask_init", one_of(MASK_INITS)),
+    Check("prune.learned.mask_lr", above(0), "at 0 the mask logits never move"),
     # Either sign climbs the multipliers' gradient (jshear.optim); 0 never moves them, so
     # nothing holds the masks to the target.
-    Check("prune.lambda_lr", NONZERO, "at 0 the Lagrange multipliers never move",
+    Check("prune.learned.lambda_lr", NONZERO, "at 0 the Lagrange multipliers never move",
           when=_lagrangian),
-    Check("prune.log_alpha_bounds", BOUNDS),
-    Check("prune.mask_init_spread", above(0)),
-    Check("prune.mask_init_band", within(0, 0.5, hi_open=True)),
-    Check("prune.mask_init_band_width", above(0)),
-    Check("prune.target_warmup_steps", count(0)),
-    Check("prune.layerchop_layout", one_of(LAYERCHOP_LAYOUTS)),
-    Check("prune.layerchop_width", one_of(LAYERCHOP_WIDTHS)),
-    Check("prune.calib_rows", count(1)),
-    Check("prune.calib_batch", count(1)),
-    Check("prune.layerchop_every", count(0), "0 drops the layers all at once"),
-    Check("prune.dimchop_every", count(1)),
-    Check("prune.dimchop_end_fraction", within(0, 1, lo_open=True)),
-    Check("prune.dimchop_straight_through", within(0, 1)),
+    Check("prune.learned.log_alpha_bounds", BOUNDS),
+    Check("prune.learned.mask_init_spread", above(0)),
+    Check("prune.learned.mask_init_band", within(0, 0.5, hi_open=True)),
+    Check("prune.learned.mask_init_band_width", above(0)),
+    Check("prune.learned.target_warmup_steps", count(0)),
+    Check("prune.layerchop.layout", one_of(LAYERCHOP_LAYOUTS)),
+    Check("prune.layerchop.width", one_of(LAYERCHOP_WIDTHS)),
+    Check("prune.calib.rows", count(1)),
+    Check("prune.calib.batch", count(1)),
+    Check("prune.layerchop.every", count(0), "0 drops the layers all at once"),
+    Check("prune.dimchop.every", count(1)),
+    Check("prune.dimchop.end_fraction", within(0, 1, lo_open=True)),
+    Check("prune.dimchop.straight_through", within(0, 1)),
     *(Check(f"prune.target.{k}", count(0), "0 keeps the source's size")
       for k in ("num_layers", "num_heads", "num_kv_heads", "hidden_size", "intermediate_size")),
     # distillation

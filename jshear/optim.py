@@ -1,17 +1,19 @@
 """Learning-rate schedules, the train state's declared optimizer groups, and the optimizer.
 
 A stage declares which state leaves train as `Group`s: a name, the state paths it owns, the
-stage block key holding its learning rate, and its sign. Only declared leaves are in the
+key holding its learning rate (a dotted path inside the stage block), and its sign. Only declared leaves are in the
 trainable tree (`take`) and so in the optimizer state; everything else in the state is
 frozen. The groups jshear uses:
   weights  ("params",)                  AdamW with the stage's schedule
-  masks    ("prune", "log_alpha")       Adam at mask_lr (learned mask logits)
-  lambdas  ("prune", "lambda1"/"lambda2")  Adam at lambda_lr, gradient *ascent* on the
-                                        Lagrange multipliers
+  masks    ("prune", "log_alpha")       Adam at learned.mask_lr (learned mask logits)
+  lambdas  ("prune", "lambda1"/"lambda2")  Adam at learned.lambda_lr, gradient *ascent* on
+                                        the Lagrange multipliers
 All Adam groups share the stage's b1, b2 and eps, as in the reference (one AdamW, weight
-decay 0 on masks and lambdas). Reference-code side effects are options: `schedule_masks`
-scales the other groups' learning rates by the weight schedule's shape (reference: yes);
-`clip_masks` includes them in global-norm clipping (reference: yes).
+decay 0 on masks and lambdas). Reference-code side effects are options of the sub-block
+holding the other groups' lr keys (prune.learned): `schedule_masks` scales their learning
+rates by the weight schedule's shape (reference: yes); `clip_masks` includes them in
+global-norm clipping (reference: yes). A stage with only stage-lr groups (weights) reads
+neither: its weights are clipped by clip_norm, as with clip_masks=True.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def make_schedule(kind: str, peak: float, total_steps: int, warmup_steps: int,
 @dataclasses.dataclass(frozen=True)
 class Group:
   """One optimizer group: the train-state subtrees at `paths` (tuples of keys or field
-  names), trained at the stage block's `lr` key; `ascent` climbs the gradient (the key's
+  names), trained at the stage block's key `lr` (a dotted path: "learned.mask_lr"); `ascent` climbs the gradient (the key's
   magnitude is the rate); `weight_decay` applies the block's decoupled weight decay."""
   name: str
   paths: tuple
@@ -126,16 +128,41 @@ def _nest(path, value):
   return value
 
 
+def _at(block, path: str):
+  """The value at dotted `path` inside config block `block` (KeyError naming it if absent)."""
+  node = block
+  for k in path.split("."):
+    if k not in node:
+      raise KeyError(f"optimizer group lr key {path!r}: no {k!r} in the stage block")
+    node = node[k]
+  return node
+
+
+def _options(tc, groups) -> tuple[bool, bool]:
+  """(schedule_masks, clip_masks) from the sub-block holding the non-stage-lr groups' lr
+  keys ("learned.mask_lr" -> tc.learned; True where it has no such key, the reference);
+  (True, True) when every group runs on `lr`."""
+  owners = {g.lr.rpartition(".")[0] for g in groups if g.lr != "lr"}
+  if not owners:
+    return True, True
+  if len(owners) > 1:
+    raise ValueError(f"optimizer groups: lr keys in different sub-blocks {sorted(owners)}")
+  (owner,) = owners
+  sub = _at(tc, owner) if owner else tc
+  return bool(sub.get("schedule_masks", True)), bool(sub.get("clip_masks", True))
+
+
 def build_optimizer(tc, total_steps: int, groups=(WEIGHTS,),
                     span: "Span | None" = None) -> optax.GradientTransformation:
   """The optimizer over `take(state, groups)`. tc: the stage's block (lr, schedule,
-  warmup_steps, weight_decay, b1, b2, eps, clip_norm, schedule_masks, clip_masks, and each
-  group's lr key). `span`: this stage's part of a schedule shared with another stage
-  (`stage_span`)."""
+  warmup_steps, weight_decay, b1, b2, eps, clip_norm, each group's lr key and, next to the
+  other groups' lr keys, schedule_masks and clip_masks). `span`: this stage's part of a
+  schedule shared with another stage (`stage_span`)."""
   groups = tuple(groups)
   names = [g.name for g in groups]
   if len(set(names)) != len(names) or not groups:
     raise ValueError(f"optimizer groups must be non-empty with distinct names, got {names}")
+  schedule_masks, clip_masks = _options(tc, groups)
   clip = optax.clip_by_global_norm(tc.clip_norm) if tc.clip_norm > 0 else optax.identity()
   # The weight schedule's shape at peak 1, so a stage with lr=0 still scales other groups.
   shape = schedule_fn(tc, total_steps, span, peak=1.0)
@@ -143,8 +170,9 @@ def build_optimizer(tc, total_steps: int, groups=(WEIGHTS,),
   def group_lr(g):
     if g.lr == "lr":  # the stage's own schedule
       return schedule_fn(tc, total_steps, span)
-    lr = -abs(float(tc[g.lr])) if g.ascent else float(tc[g.lr])
-    if tc.schedule_masks:
+    rate = float(_at(tc, g.lr))
+    lr = -abs(rate) if g.ascent else rate
+    if schedule_masks:
       return lambda step: lr * shape(step)
     return lr
 
@@ -154,11 +182,11 @@ def build_optimizer(tc, total_steps: int, groups=(WEIGHTS,),
     else:
       t = optax.adam(group_lr(g), b1=tc.b1, b2=tc.b2, eps=tc.eps)
     # clip_masks=False (not the reference): only the stage-lr groups are clipped, alone.
-    return t if tc.clip_masks or g.lr != "lr" else optax.chain(clip, t)
+    return t if clip_masks or g.lr != "lr" else optax.chain(clip, t)
 
   opt = optax.multi_transform({g.name: transform(g) for g in groups},
                               lambda tree: labels(groups, tree))
-  return optax.chain(clip, opt) if tc.clip_masks else opt
+  return optax.chain(clip, opt) if clip_masks else opt
 
 
 @dataclasses.dataclass(frozen=True)

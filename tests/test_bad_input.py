@@ -69,8 +69,9 @@ def test_every_checked_key_exists_in_the_defaults():
 @pytest.mark.parametrize("changes, message", [
     (dict(continued__lr=-1.0),
      "config.continued.lr=-1.0 must be >= 0 (a negative learning rate trains by gradient ascent)"),
-    (dict(prune__mask_lr=0.0), "config.prune.mask_lr=0.0 must be > 0"),
-    (dict(prune__lambda_lr=0.0), "config.prune.lambda_lr=0.0 must be a finite number != 0"),
+    (dict(prune__learned__mask_lr=0.0), "config.prune.learned.mask_lr=0.0 must be > 0"),
+    (dict(prune__learned__lambda_lr=0.0),
+     "config.prune.learned.lambda_lr=0.0 must be a finite number != 0"),
     (dict(pretrain__b2=1.0), "config.pretrain.b2=1.0 must be in [0, 1)"),
     (dict(prune__eps=0.0), "config.prune.eps=0.0 must be > 0"),
     (dict(continued__clip_norm=-1.0), "config.continued.clip_norm=-1.0 must be >= 0"),
@@ -80,14 +81,18 @@ def test_every_checked_key_exists_in_the_defaults():
     (dict(continued__weight_decay=float("inf")), "config.continued.weight_decay=inf must be >= 0"),
     (dict(data__seq_len=1), "config.data.seq_len=1 must be an integer >= 2"),
     (dict(distill__temperature=0.0), "config.distill.temperature=0.0 must be > 0"),
-    (dict(prune__constraint="layer-mean"),
-     "config.prune.constraint='layer-mean' must be one of ('layer_mean', 'per_layer', 'count')"),
+    (dict(prune__learned__constraint="layer-mean"),
+     "config.prune.learned.constraint='layer-mean' must be one of ('layer_mean', 'per_layer', 'count')"),
     (dict(continued__reweight_rule="sheard"), "config.continued.reweight_rule='sheard' must be one of"),
     (dict(pretrain__schedule="cos"), "config.pretrain.schedule='cos' must be one of"),
     (dict(export__dtype="int8"), "config.export.dtype='int8' must be one of"),
     (dict(model__attention_impl="flash"), "config.model.attention_impl='flash' must be one of"),
     (dict(data__stream="one"), "config.data.stream='one' must be one of"),
-    (dict(prune__log_alpha_bounds=(1.0, -1.0)), "config.prune.log_alpha_bounds=(1.0, -1.0) must be"),
+    (dict(prune__learned__log_alpha_bounds=(1.0, -1.0)),
+     "config.prune.learned.log_alpha_bounds=(1.0, -1.0) must be"),
+    (dict(prune__layerchop__layout="gaps"), "config.prune.layerchop.layout='gaps' must be one of"),
+    (dict(prune__dimchop__every=0), "config.prune.dimchop.every=0 must be an integer >= 1"),
+    (dict(prune__calib__rows=0), "config.prune.calib.rows=0 must be an integer >= 1"),
 ])
 def test_a_bad_value_is_named_with_its_rule(changes, message):
   errs = _errors(**changes)
@@ -95,8 +100,8 @@ def test_a_bad_value_is_named_with_its_rule(changes, message):
 
 
 def test_lambda_lr_of_either_sign_and_zero_with_projection_pass():
-  assert _errors(prune__lambda_lr=1.0) == []       # jshear.optim ascends with either sign
-  assert _errors(prune__lambda_lr=0.0, prune__size_control="projection") == []
+  assert _errors(prune__learned__lambda_lr=1.0) == []  # jshear.optim ascends with either sign
+  assert _errors(prune__learned__lambda_lr=0.0, prune__learned__size_control="projection") == []
   assert _errors(continued__lr=0.0) == []          # lr 0: only the masks train (documented)
 
 
@@ -117,10 +122,8 @@ def test_all_problems_in_one_line_and_check_raises():
 
 
 def test_a_key_moved_into_a_sub_block_is_still_checked():
-  import ml_collections as mlc
   cfg = base_config()
-  del cfg.prune["mask_lr"]
-  cfg.prune.learned = mlc.ConfigDict({"mask_lr": -2.0})
+  cfg.prune.learned.mask_lr = -2.0  # a table path one level up still finds it
   assert config_check.lookup(cfg, "prune.mask_lr") == ("prune.learned.mask_lr", -2.0)
   assert config_check.problems(cfg) == ["config.prune.learned.mask_lr=-2.0 must be > 0 "
                                         "(at 0 the mask logits never move)"]

@@ -22,7 +22,7 @@ def _config(world, methods):
   c.stages = "prune,finalize,continue,export"
   k = c.continued
   k.steps, k.eval_every, k.ckpt_every, k.log_every, k.reweight_rule = 2, 0, 2, 1, "constant"
-  c.prune.layerchop_width = "magnitude"  # importance has its own tests; keep this one quick
+  c.prune.layerchop.width = "magnitude"  # importance has its own tests; keep this one quick
   return c
 
 
@@ -164,7 +164,7 @@ def test_demo_config_is_valid():
   from jshear.eval import tasks
   tasks.parse_task_names(cfg.compare.zeroshot_tasks)
   c = compare.method_config(cfg, "layerchop", "both")
-  assert "compare" not in c and c.prune.layerchop_layout == "both" and c.final_eval
+  assert "compare" not in c and c.prune.layerchop.layout == "both" and c.final_eval
   # Equal total tokens: one-shot methods continue for the pruning steps too; learned
   # masks (which train while pruning) keep the shared continued budget.
   k, p = cfg.continued, cfg.prune

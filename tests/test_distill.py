@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import tiny_world
+from jshear.config_base import reset_unread_blocks
 from jshear import distill
 from jshear.errors import JShearError
 from jshear.metrics import read_metrics
@@ -154,6 +155,7 @@ def world(tmp_path_factory):
 def test_continue_stage_distills_from_the_source(world, tmp_path_factory):
   cfg = tiny_world.config(world)
   cfg.stages, cfg.prune.method, cfg.final_eval = "prune,finalize,continue", "random", False
+  reset_unread_blocks(cfg)  # the tiny world's learned knobs
   k = cfg.continued
   k.steps, k.eval_every, k.ckpt_every, k.reweight_rule = 4, 0, 4, "constant"
   k.grad_accum, k.batch_size = 2, 16

@@ -10,6 +10,7 @@ import transformers
 
 import hf_tiny
 import tiny_world
+from jshear.config_base import reset_unread_blocks
 from jshear.convert.hf_import import read_hf_params
 from jshear.model.config import ModelConfig
 from jshear.model.params import param_shapes
@@ -154,7 +155,8 @@ def test_scores_are_cached(world, tmp_path, monkeypatch):
 def test_importance_method_reaches_target_and_exports(world, tmp_path):
   cfg = tiny_world.config(world)  # target (3, 2, 1, 32, 48) with layer,kv,intermediate,hidden
   cfg.stages, cfg.prune.method, cfg.final_eval = "prune,finalize,export", "importance", False
-  cfg.prune.calib_rows = 4
+  reset_unread_blocks(cfg)  # the tiny world's learned knobs
+  cfg.prune.calib.rows = 4
   summary = run(cfg, str(tmp_path / "imp"))
   scores = np.load(tmp_path / "imp" / "scores.npz")
   masks = np.load(tmp_path / "imp" / "masks" / "binary_masks.npz")

@@ -11,6 +11,7 @@ import pytest
 import transformers
 
 import tiny_world
+from jshear.config_base import reset_unread_blocks
 from jshear.errors import JShearError
 from jshear.metrics import read_metrics
 from jshear.model.layers import apply_mask
@@ -77,8 +78,8 @@ def test_intermediate_targets_run_from_source_to_target():
 
 
 class _Cfg:
-  def __init__(self, **kw):
-    self.prune = type("P", (), kw)
+  def __init__(self, steps, **dimchop):
+    self.prune = type("P", (), {"steps": steps, "dimchop": type("D", (), dimchop)})
 
 
 def test_dimchop_schedule_rescoring_rounds():
@@ -93,8 +94,7 @@ def test_dimchop_schedule_rescoring_rounds():
     return {"layer": rng.random(3), "kv": rng.random((3, 3)),
             "intermediate": rng.random((3, 64)), "hidden": rng.random(48)}
 
-  run_cfg = _Cfg(dimchop_every=3, dimchop_end_fraction=0.8, steps=12,
-                 dimchop_straight_through=1.0)
+  run_cfg = _Cfg(every=3, end_fraction=0.8, steps=12, straight_through=1.0)
   sched = iterative.dimchop_schedule(run_cfg, cfg, tgt, groups, scorer)
   assert sched.steps() == [0, 3, 6]  # last change at or before step 0.8 * 12 - 1
   kept, stes = [], []
@@ -111,9 +111,9 @@ def test_dimchop_schedule_rescoring_rounds():
   assert kept[-1] == (2, 2, 40, 32)          # exactly the target at the last round
   assert kept[0] != kept[-1] and all(a >= b for x, y in zip(kept, kept[1:]) for a, b in zip(x, y))
   assert stes == [1.0, 1.0, 0.0]             # exact target network after the last round
-  with pytest.raises(JShearError, match="dimchop_every"):
-    iterative.dimchop_schedule(_Cfg(dimchop_every=0, dimchop_end_fraction=0.8, steps=12,
-                                    dimchop_straight_through=1.0), cfg, tgt, groups, scorer)
+  with pytest.raises(JShearError, match=r"dimchop\.every"):
+    iterative.dimchop_schedule(_Cfg(every=0, end_fraction=0.8, steps=12, straight_through=1.0),
+                               cfg, tgt, groups, scorer)
 
 
 def test_gradual_layerchop_drops_one_layer_at_a_time():
@@ -154,8 +154,9 @@ def _losses(workdir):
 def test_dimchop_end_to_end_with_exact_resume(world, tmp_path):
   cfg = tiny_world.config(world, num_layers=2)
   cfg.stages, cfg.prune.method, cfg.final_eval = "prune,finalize,export", "dimchop", False
-  cfg.prune.dimchop_every, cfg.prune.dimchop_end_fraction = 2, 1.0
-  cfg.prune.calib_rows, cfg.prune.calib_batch = 2, 8
+  reset_unread_blocks(cfg)  # the tiny world's learned knobs
+  cfg.prune.dimchop.every, cfg.prune.dimchop.end_fraction = 2, 1.0
+  cfg.prune.calib.rows, cfg.prune.calib.batch = 2, 8
   work = str(tmp_path / "dimchop")
   summary = run(cfg, work)
   c = transformers.AutoModelForCausalLM.from_pretrained(summary["hf_dir"]).config
@@ -175,7 +176,8 @@ def test_dimchop_end_to_end_with_exact_resume(world, tmp_path):
 def test_gradual_layerchop_end_to_end(world, tmp_path):
   cfg = tiny_world.config(world, num_layers=2)
   cfg.stages, cfg.prune.method, cfg.final_eval = "prune,finalize,export", "layerchop", False
-  cfg.prune.layerchop_every, cfg.prune.layerchop_width = 3, "magnitude"
+  reset_unread_blocks(cfg)  # the tiny world's learned knobs
+  cfg.prune.layerchop.every, cfg.prune.layerchop.width = 3, "magnitude"
   work = str(tmp_path / "chop")
   summary = run(cfg, work)
   c = transformers.AutoModelForCausalLM.from_pretrained(summary["hf_dir"]).config
@@ -187,6 +189,7 @@ def test_gradual_layerchop_end_to_end(world, tmp_path):
 
 def test_gradual_layerchop_that_cannot_finish_is_refused(world, tmp_path):
   cfg = tiny_world.config(world, num_layers=2)
-  cfg.prune.method, cfg.prune.layerchop_every = "layerchop", 6
-  with pytest.raises(JShearError, match="layerchop_every=6"):
+  cfg.prune.method, cfg.prune.layerchop.every = "layerchop", 6
+  reset_unread_blocks(cfg)
+  with pytest.raises(JShearError, match=r"layerchop\.every=6"):
     run(cfg, str(tmp_path / "w"))

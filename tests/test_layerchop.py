@@ -6,6 +6,7 @@ import pytest
 import transformers
 
 import tiny_world
+from jshear.config_base import reset_unread_blocks
 from jshear.errors import JShearError
 from jshear.model.config import ModelConfig
 from jshear.prune import layerchop
@@ -67,7 +68,7 @@ def test_bad_targets_are_clear_errors(L, keep, pattern):
 
 
 def test_unknown_layout():
-  with pytest.raises(JShearError, match="layerchop_layout='gaps'"):
+  with pytest.raises(JShearError, match=r"layerchop\.layout='gaps'"):
     layerchop.dropped_layers(8, 4, "gaps")
 
 
@@ -97,7 +98,8 @@ def test_pipeline_layerchop_depth_only_exports(world, tmp_path):
   cfg = tiny_world.config(world, num_layers=2, num_heads=4, num_kv_heads=2, hidden_size=64,
                           intermediate_size=96)
   cfg.stages, cfg.prune.method, cfg.final_eval = "prune,finalize,export", "layerchop", False
-  cfg.prune.groups, cfg.prune.layerchop_layout, cfg.prune.layerchop_width = "layer", "middle", "none"
+  reset_unread_blocks(cfg)  # the tiny world's learned knobs
+  cfg.prune.groups, cfg.prune.layerchop.layout, cfg.prune.layerchop.width = "layer", "middle", "none"
   summary = run(cfg, str(tmp_path / "lc"))
   masks = np.load(tmp_path / "lc" / "masks" / "binary_masks.npz")
   np.testing.assert_array_equal(masks["layer"], [1, 0, 0, 1])
@@ -115,8 +117,7 @@ def test_pipeline_layerchop_depth_only_exports(world, tmp_path):
   path = tmp_path / "lc" / "config.json"
   old = json.loads(path.read_text())
   del old["distill"]
-  for k in ("calib_rows", "calib_batch"):
-    del old["prune"][k]
+  del old["prune"]["calib"]
   path.write_text(json.dumps(old))
   assert run(cfg, str(tmp_path / "lc"))["final_params"] == summary["final_params"]
 
@@ -124,7 +125,8 @@ def test_pipeline_layerchop_depth_only_exports(world, tmp_path):
 def test_pipeline_layerchop_with_importance_widths(world, tmp_path):
   cfg = tiny_world.config(world)  # target (3, 2, 1, 32, 48)
   cfg.stages, cfg.prune.method, cfg.final_eval = "prune,finalize,export", "layerchop", False
-  cfg.prune.layerchop_layout = "input"
+  reset_unread_blocks(cfg)  # the tiny world's learned knobs
+  cfg.prune.layerchop.layout = "input"
   summary = run(cfg, str(tmp_path / "lcw"))
   masks = np.load(tmp_path / "lcw" / "masks" / "binary_masks.npz")
   np.testing.assert_array_equal(masks["layer"], [1, 0, 1, 1])
@@ -134,13 +136,14 @@ def test_pipeline_layerchop_with_importance_widths(world, tmp_path):
 
 
 @pytest.mark.parametrize("change,pattern", [
-    (lambda c: c.prune.update(layerchop_layout="edges"), "layerchop_layout='edges'"),
-    (lambda c: c.prune.update(layerchop_width="none"), "prunes depth only"),
+    (lambda c: c.prune.layerchop.update(layout="edges"), r"layerchop\.layout='edges'"),
+    (lambda c: c.prune.layerchop.update(width="none"), "prunes depth only"),
     (lambda c: c.prune.target.update(num_layers=1), "at least 2 layers"),
 ])
 def test_pipeline_refuses_bad_layerchop_config(world, tmp_path, change, pattern):
   cfg = tiny_world.config(world)
   cfg.prune.method = "layerchop"
+  reset_unread_blocks(cfg)  # the tiny world's learned knobs
   change(cfg)
   with pytest.raises(JShearError, match=pattern):
     run(cfg, str(tmp_path / "bad"))

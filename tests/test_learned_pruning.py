@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import tiny_world
+from jshear.config_base import reset_unread_blocks
 from jshear import model_io
 from jshear import sharding as shd
 from jshear.errors import JShearError
@@ -31,10 +32,11 @@ def _learned_config(world, steps=24, recipe=True):
   (importance-initialised gates, wide clamp bounds, size control by projection)."""
   cfg = tiny_world.config(world)
   p = cfg.prune
-  p.steps, p.target_warmup_steps, p.eval_every, p.ckpt_every = steps, steps // 3, steps, steps
+  lc = p.learned
+  p.steps, lc.target_warmup_steps, p.eval_every, p.ckpt_every = steps, steps // 3, steps, steps
   if recipe:
-    p.mask_init, p.size_control, p.log_alpha_bounds = "importance", "projection", (-10.0, 10.0)
-    p.target_warmup_steps, p.calib_rows = 0, 4
+    lc.mask_init, lc.size_control, lc.log_alpha_bounds = "importance", "projection", (-10.0, 10.0)
+    lc.target_warmup_steps, p.calib.rows = 0, 4
   cfg.stages, cfg.final_eval = "prune,finalize", True
   return cfg
 
@@ -80,6 +82,7 @@ def test_learned_masks_reach_the_target_and_beat_random_masks(world, learned, tm
     assert abs(got - want) <= 0.05 * want, (g, got, want)
   cfg = _learned_config(world)
   cfg.prune.method = "random"
+  reset_unread_blocks(cfg)  # the tiny world's learned knobs
   rand = run(cfg, str(tmp_path / "random"))
   assert _mean(summary["eval"]["final"]) < _mean(rand["eval"]["final"])
 
@@ -114,8 +117,8 @@ def test_tied_source_finalizes_to_the_model_evaluated_at_the_end_of_pruning(tmp_
 
 def test_straight_through_gates_train_and_finalize_whole_units(world, tmp_path):
   cfg = _learned_config(world, steps=6)
-  cfg.prune.update(gate_forward="deterministic", mask_init_band=0.25,
-                   mask_init_band_groups="intermediate")
+  cfg.prune.learned.update(gate_forward="deterministic", mask_init_band=0.25,
+                           mask_init_band_groups="intermediate")
   workdir = str(tmp_path / "run")
   run(cfg, workdir)
   saved = _finalized_is_the_last_evaluated(world, cfg, workdir)
@@ -188,6 +191,7 @@ def test_continue_refuses_when_the_recorded_source_is_gone(world, tmp_path):
   shutil.copytree(world["hf"], src)
   cfg = _learned_config(dict(world, hf=src), steps=2)
   cfg.prune.method = "random"
+  reset_unread_blocks(cfg)  # the tiny world's learned knobs
   cfg.final_eval = False
   run(cfg, str(tmp_path / "prune"))
   shutil.rmtree(src)
@@ -218,6 +222,7 @@ def test_a_shared_stream_gives_methods_the_same_rows(world, tmp_path):
   for method, cont_steps in (("learned", 2), ("magnitude", 4)):
     cfg = _learned_config(world, steps=2)
     cfg.prune.method, cfg.data.stream, cfg.final_eval = method, "shared", False
+    reset_unread_blocks(cfg)  # the tiny world's learned knobs
     cfg.stages = "prune,finalize,continue"
     cfg.prune.reweight_rule = cfg.continued.reweight_rule = "constant"
     k = cfg.continued
@@ -270,10 +275,12 @@ def test_drop_checkpoints_keeps_what_later_stages_read(world, tmp_path):
 def test_a_new_method_in_a_finished_workdir_chooses_new_masks(world, tmp_path):
   cfg = _learned_config(world, steps=2)
   cfg.prune.method, cfg.final_eval = "magnitude", False
+  reset_unread_blocks(cfg)  # the tiny world's learned knobs
   workdir = str(tmp_path / "w")
   run(cfg, workdir)
   old = np.load(os.path.join(workdir, "masks", "binary_masks.npz"))["intermediate"]
   cfg.prune.method, cfg.overwrite = "random", True
+  reset_unread_blocks(cfg)  # the tiny world's learned knobs
   run(cfg, workdir)
   new = np.load(os.path.join(workdir, "masks", "binary_masks.npz"))["intermediate"]
   assert not np.array_equal(old, new)
@@ -285,6 +292,7 @@ def test_swap_evaluates_both_masks_on_both_weights(world, learned, tmp_path):
   from jshear.experiments.swap import swap
   cfg = _learned_config(world, steps=2)
   cfg.prune.method, cfg.final_eval = "random", False
+  reset_unread_blocks(cfg)  # the tiny world's learned knobs
   run(cfg, str(tmp_path / "oneshot"))
   workdir, _ = learned
   res = swap(_learned_config(world), workdir, str(tmp_path / "oneshot"), rows=4)

@@ -15,6 +15,7 @@ import torch
 import transformers
 
 import tiny_world
+from jshear.config_base import reset_unread_blocks
 from jshear.errors import JShearError
 from jshear.metrics import read_metrics
 from jshear.train.pipeline import run
@@ -155,6 +156,7 @@ def test_cli_reports_unknown_config_key(world, tmp_path):
 def test_one_shot_methods_reach_the_target_and_export(world, tmp_path, method):
   cfg = tiny_world.config(world)
   cfg.stages, cfg.prune.method, cfg.final_eval = "prune,finalize,export", method, False
+  reset_unread_blocks(cfg)  # the tiny world's learned knobs
   summary = run(cfg, str(tmp_path / method))
   hf = transformers.AutoModelForCausalLM.from_pretrained(summary["hf_dir"])
   c = hf.config
@@ -223,6 +225,7 @@ def test_a_failed_start_does_not_block_the_next_attempt(world, tmp_path):
   (w / "config.json").write_text(other.to_json_best_effort())  # a start that died early
   cfg = tiny_world.config(world)
   cfg.stages, cfg.prune.method, cfg.final_eval = "prune", "magnitude", False
+  reset_unread_blocks(cfg)  # the tiny world's learned knobs
   run(cfg, str(w))
   assert json.loads((w / "config.json").read_text())["prune"]["lr"] == cfg.prune.lr
 

@@ -442,6 +442,6 @@ def test_importance_init_config_errors_name_the_key():
                             ("mask_init_band_groups", "intermediate,heads",
                              r"mask_init_band_groups names \['heads'\]")]:
     p = base_config().prune
-    p[key] = val
+    p.learned[key] = val
     with pytest.raises(JShearError, match=pattern):
       check_config(p)

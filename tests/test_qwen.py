@@ -11,6 +11,7 @@ import pytest
 import torch
 import transformers
 
+from jshear.config_base import reset_unread_blocks
 from jshear import sharding as shd
 from jshear.convert.hf_export import export_hf
 from jshear.convert.hf_import import import_hf, read_hf_params
@@ -296,7 +297,8 @@ def test_pipeline_prunes_distills_and_exports_a_qwen_source(tmp_path):
   build(config).save_pretrained(world["hf"])  # replaces the LLaMA; the tokenizer stays
   cfg = tiny_world.config(world)  # target (3, 2, 1, 32, 48): layer, kv, intermediate, hidden
   cfg.stages, cfg.prune.method = "prune,finalize,continue,export", "dimchop"
-  cfg.prune.dimchop_every, cfg.prune.calib_rows = 2, 2
+  reset_unread_blocks(cfg)  # the tiny world's learned knobs
+  cfg.prune.dimchop.every, cfg.prune.calib.rows = 2, 2
   cfg.continued.steps, cfg.continued.eval_every, cfg.continued.ckpt_every = 2, 0, 2
   cfg.distill.update(enable=True, teachers="source")
   summary = run(cfg, str(tmp_path / "run"))

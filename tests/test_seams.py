@@ -48,7 +48,7 @@ def _fingerprint(lowered) -> str:
 
 def test_the_planner_compiles_the_step_the_loop_trains(world, tmp_path, monkeypatch):
   cfg = _demo_on_tiny_world(world)
-  assert cfg.distill.enable and cfg.prune.gate_forward == "deterministic"
+  assert cfg.distill.enable and cfg.prune.learned.gate_forward == "deterministic"
   built = {}
 
   def spy(ctx, stage, *args, **kwargs):

@@ -146,19 +146,79 @@ def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_optimizer_groups_descend_weights_and_masks_and_ascend_lambdas():
-  block = train_block(steps=10, warmup_steps=0, lr=1e-3, schedule="constant", mask_lr=0.5,
-                      lambda_lr=-0.25, schedule_masks=False, clip_masks=False, clip_norm=0.0)
-  opt = build_optimizer(block, 10, GATES)
-  tree = {"params": {"w": jnp.zeros(3)},
+def _prune_block(**learned):
+  """The prune block of the run config (its learned keys in prune.learned), a short stage."""
+  from jshear.config_base import base_config
+  block = base_config().prune
+  block.update(steps=10, warmup_steps=0, lr=1e-3, schedule="constant")
+  block.learned.update(learned)
+  return block
+
+
+def _gate_tree():
+  return {"params": {"w": jnp.zeros(3)},
           "prune": {"log_alpha": {"hidden": jnp.zeros(4)}, "lambda1": {"hidden": jnp.zeros(())},
                     "lambda2": {"hidden": jnp.zeros(())}}}
-  grads = jax.tree.map(jnp.ones_like, tree)
+
+
+def _one_update(block, grads=None, steps=10):
+  opt = build_optimizer(block, steps, GATES)
+  tree = _gate_tree()
+  grads = grads or jax.tree.map(jnp.ones_like, tree)
   updates, _ = opt.update(grads, opt.init(tree), tree)
-  new = optax.apply_updates(tree, updates)
+  return optax.apply_updates(tree, updates)
+
+
+def test_optimizer_groups_descend_weights_and_masks_and_ascend_lambdas():
+  block = _prune_block(mask_lr=0.5, lambda_lr=-0.25, schedule_masks=False, clip_masks=False)
+  block.clip_norm = 0.0
+  new = _one_update(block)
   np.testing.assert_allclose(new["params"]["w"], -1e-3, rtol=1e-3)          # AdamW step
   np.testing.assert_allclose(new["prune"]["log_alpha"]["hidden"], -0.5, rtol=1e-3)
   np.testing.assert_allclose(new["prune"]["lambda1"]["hidden"], 0.25, rtol=1e-3)  # ascent
+
+
+def test_mask_and_lambda_options_are_read_from_prune_learned():
+  """mask_lr, lambda_lr, schedule_masks and clip_masks act from prune.learned (the keys
+  train_block no longer has)."""
+  base = _one_update(_prune_block(mask_lr=0.5, lambda_lr=-0.25))
+  np.testing.assert_allclose(base["prune"]["log_alpha"]["hidden"], -0.5, rtol=1e-3)
+  np.testing.assert_allclose(base["prune"]["lambda1"]["hidden"], 0.25, rtol=1e-3)
+  fast = _one_update(_prune_block(mask_lr=2.0, lambda_lr=-3.0))
+  np.testing.assert_allclose(fast["prune"]["log_alpha"]["hidden"], -2.0, rtol=1e-3)
+  np.testing.assert_allclose(fast["prune"]["lambda1"]["hidden"], 3.0, rtol=1e-3)
+  np.testing.assert_array_equal(fast["params"]["w"], base["params"]["w"])  # weights: lr
+  # schedule_masks: at step 0 of a warm-up the weight schedule's shape is 0.
+  warm = _prune_block(mask_lr=0.5, schedule_masks=True)
+  warm.warmup_steps = 5
+  assert float(_one_update(warm)["prune"]["log_alpha"]["hidden"][0]) == 0.0
+  warm.learned.schedule_masks = False
+  np.testing.assert_allclose(_one_update(warm)["prune"]["log_alpha"]["hidden"], -0.5,
+                             rtol=1e-3)
+  # clip_masks: a huge weight gradient clipped together with the masks' shrinks theirs
+  # below Adam's eps, so their step all but vanishes; clipped alone they take a full step.
+  grads = jax.tree.map(jnp.ones_like, _gate_tree())
+  grads["params"]["w"] = jnp.full(3, 1e9)
+  step = {clip: float(_one_update(_prune_block(mask_lr=0.5, clip_masks=clip), grads)
+                      ["prune"]["log_alpha"]["hidden"][0]) for clip in (True, False)}
+  assert abs(step[True]) < 0.05 and abs(step[False] + 0.5) < 1e-3, step
+
+
+def test_a_weights_only_stage_reads_no_mask_option():
+  """A stage with only the weights group is built the same whatever prune.learned says."""
+  tree = {"params": {"w": jnp.zeros(3)}}
+  grads = {"params": {"w": jnp.full(3, 5.0)}}
+  outs = []
+  for learned in ({}, {"clip_masks": False, "schedule_masks": False, "mask_lr": 7.0}):
+    opt = build_optimizer(_prune_block(**learned), 10)
+    state = opt.init(tree)
+    updates, _ = opt.update(grads, state, tree)
+    outs.append((jax.tree.structure(state), np.asarray(updates["params"]["w"])))
+  assert outs[0][0] == outs[1][0]
+  np.testing.assert_array_equal(outs[0][1], outs[1][1])
+  cont = train_block()
+  assert not any(k in cont for k in ("mask_lr", "lambda_lr", "schedule_masks", "clip_masks"))
+  assert build_optimizer(cont, 10).init(tree) is not None  # continued: no mask keys needed
 
 
 def test_groups_come_from_the_declaration_and_frozen_leaves_stay_out():
@@ -245,7 +305,8 @@ def test_learned_masks_draw_a_fresh_sample_per_micro_batch_shared_by_all_shards(
 
 
 def test_zero_weight_lr_keeps_mask_and_lambda_updates_finite():
-  block = train_block(steps=10, warmup_steps=2, lr=0.0, schedule="cosine")
+  block = _prune_block()
+  block.update(warmup_steps=2, lr=0.0, schedule="cosine")
   opt = build_optimizer(block, block.steps, GATES)
   state = init_state(init_params(CFG, jax.random.key(0)), opt, 0, prune=_prune_state(2.0),
                      groups=GATES)

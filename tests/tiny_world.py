@@ -73,7 +73,7 @@ def config(world, **prune_target):
   c.mesh.ici.update(data=2, fsdp=4, tensor=1)
   p = c.prune
   p.steps, p.batch_size, p.warmup_steps, p.lr = 6, 8, 1, 1e-3
-  p.target_warmup_steps = 3
+  p.learned.target_warmup_steps = 3
   p.groups = "layer,kv,intermediate,hidden"
   p.target.update(num_layers=3, num_heads=2, num_kv_heads=1, hidden_size=32,
                   intermediate_size=48)

@@ -64,12 +64,15 @@ def parse_methods(text: str) -> list[tuple[str, str, str | None]]:
 
 
 def method_config(cfg, method: str, layout: str | None):
-  """The run config of one method: the shared config with its prune.method (and layout).
+  """The run config of one method: the shared config with its prune.method (and layout),
+  the method blocks it does not read (prune.learned, .layerchop, .dimchop, .calib) at their
+  defaults.
 
   With compare.equal_tokens, a method that does not train while pruning gets the pruning
   stage's tokens as extra continued-pretraining steps, so every method trains on the same
   total. `scratch` trains the target shape from random initialisation on that total."""
   from jshear.train.pipeline import trains_in_prune
+  from jshear.config_base import reset_unread_blocks
   c = mlc.ConfigDict(cfg.to_dict())
   extra = mlc.ConfigDict(c.compare.to_dict()) if "compare" in c else mlc.ConfigDict()
   if "compare" in c:
@@ -79,7 +82,9 @@ def method_config(cfg, method: str, layout: str | None):
     return _scratch_config(c, extra)
   c.prune.method = method
   if layout:
-    c.prune.layerchop_layout = layout
+    c.prune.layerchop.layout = layout
+  # The shared config carries every method's knobs; each run keeps only its method's.
+  reset_unread_blocks(c)
   if extra.get("equal_tokens", False) and not trains_in_prune(c):
     k = c.continued
     k.steps = int(k.steps) + _extra_steps(c.prune, k)

@@ -20,18 +20,18 @@ from jshear.prune.lagrangian import lagrangian, target_sparsity
 from jshear.prune.projection import project
 from jshear.prune.state import sample_masks, straight_through_masks
 
-# prune.size_control and prune.gate_forward (a hard-concrete sample, the reference, or the
+# prune.learned.size_control and prune.learned.gate_forward (a hard-concrete sample, the reference, or the
 # deterministic masks with straight-through gradients) are defined once, in config_check.
 
-MASKS = Group("masks", (("prune", "log_alpha"),), lr="mask_lr")
-LAMBDAS = Group("lambdas", (("prune", "lambda1"), ("prune", "lambda2")), lr="lambda_lr",
+MASKS = Group("masks", (("prune", "log_alpha"),), lr="learned.mask_lr")
+LAMBDAS = Group("lambdas", (("prune", "lambda1"), ("prune", "lambda2")), lr="learned.lambda_lr",
                 ascent=True)
 
 
 @dataclasses.dataclass(frozen=True)
 class LearnedGates:
   """state["prune"] (a PruneState) drives the forward's masks. `warmup_steps`: steps over
-  which the target sparsity warms up from the start (prune.target_warmup_steps)."""
+  which the target sparsity warms up from the start (prune.learned.target_warmup_steps)."""
   warmup_steps: int = 0
   size_control: str = "lagrangian"
   gate_forward: str = "sample"

@@ -125,7 +125,7 @@ def calibration_rows(data_dir: str, rows_per_domain: int) -> np.ndarray:
   """The first `rows_per_domain` training rows of every domain (sorted by name): [N, 2, T]."""
   from jshear.data.mixture import domain_sources
   if rows_per_domain <= 0:
-    raise JShearError(f"prune.calib_rows must be positive, got {rows_per_domain}")
+    raise JShearError(f"prune.calib.rows must be positive, got {rows_per_domain}")
   sources = domain_sources(data_dir, "train")
   out = []
   for name in sorted(sources):
@@ -163,7 +163,7 @@ def make_scorer(cfg: ModelConfig, mesh=None):
 
   def scorer(params, rows: np.ndarray, batch_size: int) -> dict:
     if batch_size <= 0:
-      raise JShearError(f"prune.calib_batch must be positive, got {batch_size}")
+      raise JShearError(f"prune.calib.batch must be positive, got {batch_size}")
     if mesh is not None and not isinstance(jax.tree.leaves(params)[0], jax.Array):
       params = put_global(jax.tree.map(lambda a: np.asarray(a, np.float32), params), p_sh)
     batch_size = -(-batch_size // dp) * dp
@@ -186,7 +186,7 @@ def compute_scores(cfg: ModelConfig, params, rows: np.ndarray, batch_size: int,
   """Scores of every group over calibration `rows` [N, 2, T] (tokens, segment ids), in
   batches of `batch_size` (the last one padded with empty rows, which count for nothing)."""
   if batch_size <= 0:
-    raise JShearError(f"prune.calib_batch must be positive, got {batch_size}")
+    raise JShearError(f"prune.calib.batch must be positive, got {batch_size}")
   return make_scorer(cfg, mesh)(params, rows, batch_size)
 
 

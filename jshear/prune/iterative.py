@@ -1,19 +1,19 @@
 """Iterative pruning while the weights train: 0/1 masks that the training loop replaces on a
 schedule (they live in the train state, so checkpoints and exact resume cover them).
 
-  dimchop    (prune.method=dimchop) Every `prune.dimchop_every` steps, starting at step 0,
+  dimchop    (prune.method=dimchop) Every `prune.dimchop.every` steps, starting at step 0,
              every unit of the prune groups is re-scored by activation importance
              (`jshear.prune.importance` on the calibration rows; layers by Block Importance)
              on the *unmasked* model, so units masked earlier compete again, and the top units
              are kept. Kept sizes shrink linearly from the source to the target over the first
-             `prune.dimchop_end_fraction` of the steps; the last re-scoring reaches the target
+             `prune.dimchop.end_fraction` of the steps; the last re-scoring reaches the target
              exactly and the masks stay fixed from then on. Until that last re-scoring, masked
              units keep training through a straight-through gradient (weight
-             `prune.dimchop_straight_through`, see `jshear.model.layers.apply_mask`); after it,
+             `prune.dimchop.straight_through`, see `jshear.model.layers.apply_mask`); after it,
              the model trains as the exact target-shaped network.
-  layerchop  (prune.method=layerchop with prune.layerchop_every > 0) Widths shrink once at
-             step 0 (`prune.layerchop_width`, as in one-shot LayerCHOP); the layout's layers
-             are dropped one at a time, one every `prune.layerchop_every` steps from step 0,
+  layerchop  (prune.method=layerchop with prune.layerchop.every > 0) Widths shrink once at
+             step 0 (`prune.layerchop.width`, as in one-shot LayerCHOP); the layout's layers
+             are dropped one at a time, one every `prune.layerchop.every` steps from step 0,
              in increasing layer order.
 
 The stage's final masks are 0/1 at the target shape; finalize slices them like any method's.
@@ -86,25 +86,27 @@ class MaskSchedule:
 def dimchop_schedule(cfg, src: ModelConfig, target: TargetShape, groups, scorer) -> MaskSchedule:
   """DimCHOP's schedule from the run config (`cfg.prune`); `scorer(params)` re-scores."""
   p = cfg.prune
-  every, frac, steps = int(p.dimchop_every), float(p.dimchop_end_fraction), int(p.steps)
+  d = p.dimchop
+  every, frac, steps = int(d.every), float(d.end_fraction), int(p.steps)
   check_dimchop(p)
   last = max(0, int(frac * steps) - 1)
   last -= last % every
   return MaskSchedule(src, target, tuple(groups), every, last, scorer=scorer,
-                      ste=float(p.dimchop_straight_through))
+                      ste=float(d.straight_through))
 
 
 def check_dimchop(p) -> None:
-  """Up-front checks of the prune block's DimCHOP keys."""
-  if int(p.dimchop_every) <= 0:
-    raise JShearError(f"prune.dimchop_every must be a positive number of steps, got "
-                      f"{p.dimchop_every}")
-  if not 0.0 < float(p.dimchop_end_fraction) <= 1.0:
-    raise JShearError(f"prune.dimchop_end_fraction must be in (0, 1], got "
-                      f"{p.dimchop_end_fraction}")
-  if not 0.0 <= float(p.dimchop_straight_through) <= 1.0:
-    raise JShearError(f"prune.dimchop_straight_through must be in [0, 1], got "
-                      f"{p.dimchop_straight_through}")
+  """Up-front checks of the prune block `p`'s DimCHOP keys (p.dimchop)."""
+  p = p.dimchop
+  if int(p.every) <= 0:
+    raise JShearError(f"prune.dimchop.every must be a positive number of steps, got "
+                      f"{p.every}")
+  if not 0.0 < float(p.end_fraction) <= 1.0:
+    raise JShearError(f"prune.dimchop.end_fraction must be in (0, 1], got "
+                      f"{p.end_fraction}")
+  if not 0.0 <= float(p.straight_through) <= 1.0:
+    raise JShearError(f"prune.dimchop.straight_through must be in [0, 1], got "
+                      f"{p.straight_through}")
 
 
 def layerchop_schedule(src: ModelConfig, target: TargetShape, groups, every: int, steps: int,
@@ -119,9 +121,9 @@ def layerchop_schedule(src: ModelConfig, target: TargetShape, groups, every: int
 
 def check_layerchop(every: int, steps: int, n_drop: int) -> None:
   if every <= 0:
-    raise JShearError(f"prune.layerchop_every must be positive for gradual LayerCHOP, got {every}")
+    raise JShearError(f"prune.layerchop.every must be positive for gradual LayerCHOP, got {every}")
   if n_drop and (n_drop - 1) * every >= steps:
     raise JShearError(
-        f"gradual LayerCHOP drops {n_drop} layers, one every prune.layerchop_every={every} "
+        f"gradual LayerCHOP drops {n_drop} layers, one every prune.layerchop.every={every} "
         f"steps, so the last drop is at step {(n_drop - 1) * every}, but prune.steps={steps}: "
-        f"raise prune.steps above {(n_drop - 1) * every} or lower prune.layerchop_every")
+        f"raise prune.steps above {(n_drop - 1) * every} or lower prune.layerchop.every")

@@ -14,7 +14,7 @@ layers 1 .. L-2 by one of these layouts (n = layers to drop):
 The result is a `layer` mask [L] (1 keep, 0 drop): a zeroed layer is skipped exactly, and
 `jshear.prune.finalize` slices it away like any other method's masks. CHOP found dropping all
 at once as good as or better than one at a time, so that is the default; with
-prune.layerchop_every > 0 the same layers go one at a time while the prune stage trains
+prune.layerchop.every > 0 the same layers go one at a time while the prune stage trains
 (`jshear.prune.iterative`).
 """
 
@@ -30,7 +30,7 @@ def dropped_layers(num_layers: int, target_layers: int, layout: str) -> list[int
   """Sorted indices of the layers that `layout` drops to go from num_layers to target_layers."""
   L, keep = int(num_layers), int(target_layers)
   if layout not in LAYOUTS:
-    raise JShearError(f"prune.layerchop_layout={layout!r} (known: {list(LAYOUTS)})")
+    raise JShearError(f"prune.layerchop.layout={layout!r} (known: {list(LAYOUTS)})")
   if keep > L:
     raise JShearError(f"target.num_layers={keep} exceeds the source model's num_layers={L}")
   n = L - keep

@@ -1,5 +1,5 @@
-"""Learned masks that start from a ranking (prune.mask_init=importance), not from an intact
-model with every gate equal.
+"""Learned masks that start from a ranking (prune.learned.mask_init=importance), not from an
+intact model with every gate equal.
 
 With every gate at the same logit, a small budget is spent discovering what one forward
 pass of activation statistics already says, and the gates move before they know where to
@@ -21,11 +21,11 @@ tens of steps the learned masks are the importance masks (README). `band` > 0 pu
 units nearest the cut, where the scores are least sure, in transition: the lowest-scored
 `band` fraction of each set's kept units and the same number of its best dropped units
 start with logits from +band_width down to -band_width by rank (in the groups of
-prune.mask_init_band_groups: a fractional hidden channel scales the residual stream in
+prune.learned.mask_init_band_groups: a fractional hidden channel scales the residual stream in
 every layer, a fractional MLP unit one product). Those gates are fractional in a sizeable
 share of samples, so the LM gradient can reorder them across the cut; the units the scores
 are sure of stay settled. Sampled gates in transition also put noise into the forward the
-weights train on; prune.gate_forward=deterministic trains on the masks finalize would keep
+weights train on; prune.learned.gate_forward=deterministic trains on the masks finalize would keep
 and passes the gates' gradients straight through the cut instead (jshear/prune/state.py).
 """
 
@@ -41,32 +41,40 @@ from jshear.prune.targets import TargetShape
 
 
 def check_config(p) -> None:
+  """Up-front checks of the prune block `p`'s learned keys (p.learned) against p.groups."""
   from jshear.prune.gates import GATE_FORWARDS, SIZE_CONTROLS
-  if p.size_control not in SIZE_CONTROLS:
-    raise JShearError(f"config.prune.size_control={p.size_control!r} (known: "
+  lc = p.learned
+  if lc.size_control not in SIZE_CONTROLS:
+    raise JShearError(f"config.prune.learned.size_control={lc.size_control!r} (known: "
                       f"{list(SIZE_CONTROLS)})")
-  if p.gate_forward not in GATE_FORWARDS:
-    raise JShearError(f"config.prune.gate_forward={p.gate_forward!r} (known: "
+  if lc.gate_forward not in GATE_FORWARDS:
+    raise JShearError(f"config.prune.learned.gate_forward={lc.gate_forward!r} (known: "
                       f"{list(GATE_FORWARDS)})")
-  if p.mask_init not in MASK_INITS:
-    raise JShearError(f"config.prune.mask_init={p.mask_init!r} (known: {list(MASK_INITS)})")
-  if not p.mask_init_spread > 0:
-    raise JShearError(f"config.prune.mask_init_spread must be > 0, got {p.mask_init_spread}")
-  if not 0.0 <= p.mask_init_band < 0.5:
-    raise JShearError(f"config.prune.mask_init_band must be in [0, 0.5), got {p.mask_init_band}")
+  if lc.mask_init not in MASK_INITS:
+    raise JShearError(f"config.prune.learned.mask_init={lc.mask_init!r} (known: "
+                      f"{list(MASK_INITS)})")
+  if not lc.mask_init_spread > 0:
+    raise JShearError(f"config.prune.learned.mask_init_spread must be > 0, got "
+                      f"{lc.mask_init_spread}")
+  if not 0.0 <= lc.mask_init_band < 0.5:
+    raise JShearError(f"config.prune.learned.mask_init_band must be in [0, 0.5), got "
+                      f"{lc.mask_init_band}")
   unknown = set(band_groups(p) or ()) - set(str(p.groups).split(","))
   if unknown:
-    raise JShearError(f"config.prune.mask_init_band_groups names {sorted(unknown)}, not in "
-                      f"config.prune.groups={p.groups!r}")
-  lo, hi = (float(b) for b in p.log_alpha_bounds)
-  if not 0 < p.mask_init_band_width < min(hi, -lo):
-    raise JShearError(f"config.prune.mask_init_band_width must be in (0, {min(hi, -lo)}) "
-                      f"(inside config.prune.log_alpha_bounds), got {p.mask_init_band_width}")
+    raise JShearError(f"config.prune.learned.mask_init_band_groups names {sorted(unknown)}, "
+                      f"not in config.prune.groups={p.groups!r}")
+  lo, hi = (float(b) for b in lc.log_alpha_bounds)
+  if not 0 < lc.mask_init_band_width < min(hi, -lo):
+    raise JShearError(f"config.prune.learned.mask_init_band_width must be in "
+                      f"(0, {min(hi, -lo)}) (inside config.prune.learned.log_alpha_bounds), "
+                      f"got {lc.mask_init_band_width}")
 
 
 def band_groups(p):
-  """prune.mask_init_band_groups as a tuple, None for all groups ("")."""
-  names = tuple(g.strip() for g in str(p.mask_init_band_groups).split(",") if g.strip())
+  """prune.learned.mask_init_band_groups of prune block `p` as a tuple, None for all
+  groups ("")."""
+  names = tuple(g.strip() for g in str(p.learned.mask_init_band_groups).split(",")
+                if g.strip())
   return names or None
 
 

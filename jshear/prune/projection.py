@@ -1,4 +1,4 @@
-"""Size control by projection (prune.size_control=projection): after every update, shift
+"""Size control by projection (prune.learned.size_control=projection): after every update, shift
 each constrained set of gate logits by one scalar so that its expected size is exactly the
 warmed-up target.
 

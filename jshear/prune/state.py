@@ -55,7 +55,7 @@ class PruneState:
   # bounds let settled gates be (nearly) deterministic.
   bounds: tuple = struct.field(pytree_node=False,
                                default=(hard_concrete.LOG_ALPHA_MIN, hard_concrete.LOG_ALPHA_MAX))
-  # Deterministic masks keep units at 1, not at their soft score (prune.gate_forward=
+  # Deterministic masks keep units at 1, not at their soft score (prune.learned.gate_forward=
   # deterministic: the forward trains on them, and a band unit kept at score 0.5 would be
   # half a unit in every step).
   binary_masks: bool = struct.field(pytree_node=False, default=False)
@@ -91,10 +91,10 @@ def init_prune_state(src: ModelConfig, target: TargetShape, groups: Sequence[str
   bounds = (hard_concrete.LOG_ALPHA_MIN, hard_concrete.LOG_ALPHA_MAX) if bounds is None else \
       (float(bounds[0]), float(bounds[1]))
   if not bounds[0] < bounds[1]:
-    raise JShearError(f"config.prune.log_alpha_bounds must be (low, high) with low < high, "
+    raise JShearError(f"config.prune.learned.log_alpha_bounds must be (low, high) with low < high, "
                       f"got {bounds}")
   if constraint not in CONSTRAINTS:
-    raise JShearError(f"config.prune.constraint must be one of {CONSTRAINTS}, got "
+    raise JShearError(f"config.prune.learned.constraint must be one of {CONSTRAINTS}, got "
                       f"{constraint!r}")
   validate_target(src, target, groups)
   # Canonical order so the same groups in any order give the same pytree and rngs.
@@ -145,7 +145,7 @@ def sample_masks(state: PruneState, rng: jax.Array, step, micro=0) -> dict:
 
 
 def straight_through_masks(state: PruneState) -> dict:
-  """prune.gate_forward=deterministic: the forward uses the deterministic masks finalize
+  """prune.learned.gate_forward=deterministic: the forward uses the deterministic masks finalize
   would keep now (eval_masks: exactly the target, no noise), and the gradient reaches every
   gate logit through the soft score sigmoid(0.8 log_alpha / beta), straight through the
   top-k cut: an entry's gradient is the loss's slope in its mask value times the score's

@@ -81,8 +81,8 @@ def stage_step(ctx: Context, stage, model_cfg: ModelConfig, prune: PruneSpec | N
   pc = cfg.prune
   addons = step_addons(gates=prune is not None, fixed_masks=bool(mask_groups),
                        warmup_steps=prune.warmup_steps if prune else 0,
-                       size_control=pc.size_control if prune else "lagrangian",
-                       gate_forward=pc.gate_forward if prune else "sample")
+                       size_control=pc.learned.size_control if prune else "lagrangian",
+                       gate_forward=pc.learned.gate_forward if prune else "sample")
   groups = step_groups(addons)
   span = stage_span(cfg, stage.name, ctx.prune_trains)
   optimizer = build_optimizer(block, block.steps, groups, span)
@@ -91,8 +91,8 @@ def stage_step(ctx: Context, stage, model_cfg: ModelConfig, prune: PruneSpec | N
     prune_state = init_prune_state(model_cfg, prune.target, prune.groups,
                                    jax.random.key(cfg.seed + 17), prune.constraint,
                                    log_alpha=init_log_alpha() if init_log_alpha else None,
-                                   bounds=tuple(pc.log_alpha_bounds),
-                                   binary_masks=pc.gate_forward == "deterministic")
+                                   bounds=tuple(pc.learned.log_alpha_bounds),
+                                   binary_masks=pc.learned.gate_forward == "deterministic")
   fixed = None
   if mask_groups:
     shapes = mask_shapes(model_cfg)

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from jshear import sharding as shd
-from jshear.config_check import LAYERCHOP_WIDTHS as _WIDTH_METHODS  # prune.layerchop_width
+from jshear.config_check import LAYERCHOP_WIDTHS as _WIDTH_METHODS  # prune.layerchop.width
 from jshear.errors import JShearError
 from jshear.model.masks import mask_shapes
 from jshear.prune.targets import TargetShape, validate_target
@@ -45,15 +45,17 @@ def _learned(ctx, model, stage):
 
 
 def _initial_log_alpha(ctx, model):
-  """log_alpha to start from, or None for the reference's uniform start (prune.mask_init)."""
+  """log_alpha to start from, or None for the reference's uniform start
+  (prune.learned.mask_init)."""
   from jshear.prune import mask_init
   p = ctx.cfg.prune
-  if p.mask_init == "uniform":
+  lc = p.learned
+  if lc.mask_init == "uniform":
     return None
   scores = _scores(ctx, model, "importance", ctx.spec.groups)
-  return mask_init.from_scores(model.cfg, ctx.spec.target, scores, p.mask_init_spread,
-                               tuple(float(b) for b in p.log_alpha_bounds),
-                               p.mask_init_band, p.mask_init_band_width,
+  return mask_init.from_scores(model.cfg, ctx.spec.target, scores, lc.mask_init_spread,
+                               tuple(float(b) for b in lc.log_alpha_bounds),
+                               lc.mask_init_band, lc.mask_init_band_width,
                                mask_init.band_groups(p))
 
 
@@ -74,11 +76,11 @@ def _scores(ctx, model, method, groups) -> dict:
       raise JShearError("importance scores need calibration data (config.data)")
     path = os.path.join(ctx.workdir, "scores.npz") if ctx.workdir else None
     if path:
-      s = importance.cached_scores(path, mcfg, params, ctx.data_dir, cfg.prune.calib_rows,
-                                   cfg.prune.calib_batch, ctx.mesh)
+      s = importance.cached_scores(path, mcfg, params, ctx.data_dir, cfg.prune.calib.rows,
+                                   cfg.prune.calib.batch, ctx.mesh)
     else:
       s = importance.compute_scores(mcfg, params, importance.calibration_rows(
-          ctx.data_dir, cfg.prune.calib_rows), cfg.prune.calib_batch, ctx.mesh)
+          ctx.data_dir, cfg.prune.calib.rows), cfg.prune.calib.batch, ctx.mesh)
     return {g: s[g] for g in groups}
   raise AssertionError(method)
 
@@ -89,14 +91,14 @@ def one_shot_masks(ctx, model) -> dict:
   cfg, spec, mcfg = ctx.cfg, ctx.spec, model.cfg
   if cfg.prune.method == "layerchop":
     width = tuple(g for g in spec.groups if g != "layer")
-    wmethod = cfg.prune.layerchop_width
+    wmethod = cfg.prune.layerchop.width
     if wmethod == "none":  # nothing narrower (checked in validate): keep every unit
       scores = {g: np.ones(mask_shapes(mcfg)[g], np.float32) for g in width}
     else:
       scores = _scores(ctx, model, wmethod, width)
     if "layer" in spec.groups:
       scores["layer"] = layerchop.layer_scores(mcfg.num_layers, spec.target.num_layers,
-                                               cfg.prune.layerchop_layout)
+                                               cfg.prune.layerchop.layout)
   else:
     scores = _scores(ctx, model, cfg.prune.method, spec.groups)
   return baselines.masks_from_scores(mcfg, scores, spec.target)
@@ -113,15 +115,15 @@ def mask_schedule(ctx, model):
   if cfg.prune.method == "dimchop":
     if not ctx.data_dir:
       raise JShearError("prune.method dimchop needs calibration data (config.data)")
-    rows = importance.calibration_rows(ctx.data_dir, cfg.prune.calib_rows)
+    rows = importance.calibration_rows(ctx.data_dir, cfg.prune.calib.rows)
     score = importance.make_scorer(mcfg, ctx.mesh)
     return iterative.dimchop_schedule(cfg, mcfg, spec.target, spec.groups,
-                                      lambda p: score(p, rows, cfg.prune.calib_batch))
+                                      lambda p: score(p, rows, cfg.prune.calib.batch))
   final = one_shot_masks(ctx, model)
   dropped = layerchop.dropped_layers(mcfg.num_layers, spec.target.num_layers,
-                                     cfg.prune.layerchop_layout)
+                                     cfg.prune.layerchop.layout)
   return iterative.layerchop_schedule(mcfg, spec.target, spec.groups,
-                                      int(cfg.prune.layerchop_every), int(cfg.prune.steps),
+                                      int(cfg.prune.layerchop.every), int(cfg.prune.steps),
                                       dropped, final)
 
 
@@ -133,7 +135,7 @@ def _iterative(ctx, model, stage):
 
 
 def _layerchop(ctx, model, stage):
-  return (_iterative if ctx.cfg.prune.layerchop_every else _one_shot)(ctx, model, stage)
+  return (_iterative if ctx.cfg.prune.layerchop.every else _one_shot)(ctx, model, stage)
 
 
 # ---- validation -----------------------------------------------------------------------
@@ -145,19 +147,20 @@ def _check_dimchop(cfg, src, target):
 
 def _check_layerchop(cfg, src, target):
   from jshear.prune import iterative, layerchop
-  dropped = layerchop.dropped_layers(src.num_layers, target.num_layers, cfg.prune.layerchop_layout)
-  width = cfg.prune.layerchop_width
+  lc = cfg.prune.layerchop
+  dropped = layerchop.dropped_layers(src.num_layers, target.num_layers, lc.layout)
+  width = lc.width
   if width not in _WIDTH_METHODS:
-    raise JShearError(f"config.prune.layerchop_width={width!r} (known: {list(_WIDTH_METHODS)})")
+    raise JShearError(f"config.prune.layerchop.width={width!r} (known: {list(_WIDTH_METHODS)})")
   narrower = [f for f in ("num_heads", "num_kv_heads", "hidden_size", "intermediate_size")
               if getattr(target, f) < getattr(src, f)]
   if width == "none" and narrower:
-    raise JShearError(f"config.prune.layerchop_width='none' prunes depth only, but the target "
-                      f"is narrower than the source in {narrower}; set layerchop_width to "
+    raise JShearError(f"config.prune.layerchop.width='none' prunes depth only, but the target "
+                      f"is narrower than the source in {narrower}; set layerchop.width to "
                       f"importance, magnitude or random, or keep those target fields at the "
                       f"source's values")
-  if cfg.prune.layerchop_every:
-    iterative.check_layerchop(int(cfg.prune.layerchop_every), int(cfg.prune.steps), len(dropped))
+  if lc.every:
+    iterative.check_layerchop(int(lc.every), int(cfg.prune.steps), len(dropped))
 
 
 def _check_learned(cfg, src, target):
@@ -168,7 +171,7 @@ def _check_learned(cfg, src, target):
 CHOOSERS = {
     "learned": Chooser(_learned, trains=lambda cfg: True, validate=_check_learned),
     "dimchop": Chooser(_iterative, trains=lambda cfg: True, validate=_check_dimchop),
-    "layerchop": Chooser(_layerchop, trains=lambda cfg: bool(cfg.prune.layerchop_every),
+    "layerchop": Chooser(_layerchop, trains=lambda cfg: bool(cfg.prune.layerchop.every),
                          validate=_check_layerchop),
     "importance": Chooser(_one_shot),
     "magnitude": Chooser(_one_shot),
@@ -183,6 +186,16 @@ def chooser(cfg) -> Chooser:
   return CHOOSERS[cfg.prune.method]
 
 
+# ---- which method reads which knob (the table: jshear.config_base.KNOB_BLOCKS) ----------
+
+def check_knobs(cfg) -> None:
+  """Refuses a run that sets a knob its prune.method does not read (one line, `; `-joined)."""
+  from jshear.config_base import unread_knobs
+  bad = unread_knobs(cfg)
+  if bad:
+    raise JShearError("; ".join(bad))
+
+
 def prune_spec(cfg, src) -> PruneSpec:
   """The validated pruning target of `cfg` for source config `src`."""
   t = cfg.prune.target
@@ -190,9 +203,11 @@ def prune_spec(cfg, src) -> PruneSpec:
                        t.hidden_size, t.intermediate_size)
   groups = tuple(g.strip() for g in cfg.prune.groups.split(",") if g.strip())
   method = chooser(cfg)
+  check_knobs(cfg)
   validate_target(src, target, groups)
   method.validate(cfg, src, target)
-  return PruneSpec(target, groups, cfg.prune.constraint, cfg.prune.target_warmup_steps)
+  lc = cfg.prune.learned
+  return PruneSpec(target, groups, lc.constraint, lc.target_warmup_steps)
 
 
 def trains_in_prune(cfg) -> bool:
