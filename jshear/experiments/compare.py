@@ -24,6 +24,7 @@ calibration rows). Both are reported.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -178,25 +179,33 @@ def zero_shot(model_dir: str, cache_path: str, task_names: str, limit: int) -> d
   return acc
 
 
-def heldout(cfg, model_dir: str, cache_path: str, rows: int) -> dict:
-  """Held-out loss with its standard error (`jshear.eval.heldout`) of a model dir, cached."""
-  key = {"model": os.path.abspath(model_dir), "rows": rows, "per_row": True,
-         "mtime": os.path.getmtime(os.path.join(model_dir, "model_config.json"))}
-  if os.path.exists(cache_path):
-    with open(cache_path) as f:
-      old = json.load(f)
-    if old.get("key") == key:
-      return old["heldout"]
+def heldout(cfg, model_dir: str, cache_path: str, rows: int, split: str = "test") -> dict:
+  """Held-out loss with its standard error (`jshear.eval.heldout`) of a model dir on the
+  prepared data's `split` (the test rows), cached under a key naming the model, the data
+  (its manifest's hash) and the split, so a re-prepared split never pairs stale rows."""
   import jax
 
   from jshear import sharding as shd
   from jshear.eval.heldout import heldout_losses
   from jshear.train.pipeline import resolve_data
+  from jshear.model_io import is_jshear_dir, tokenizer_dir
   from jshear.train.stages.common import load_any
+  data_dir = resolve_data(cfg, tokenizer_dir(model_dir) or model_dir)
+  with open(os.path.join(data_dir, "manifest.json"), "rb") as f:
+    data_hash = hashlib.sha256(f.read()).hexdigest()[:16]
+  key = {"model": os.path.abspath(model_dir), "rows": rows, "per_row": True,
+         "mtime": os.path.getmtime(os.path.join(
+             model_dir, "model_config.json" if is_jshear_dir(model_dir) else "config.json")),
+         "data": data_hash, "split": split}
+  if os.path.exists(cache_path):
+    with open(cache_path) as f:
+      old = json.load(f)
+    if old.get("key") == key:
+      return old["heldout"]
   m = load_any(model_dir, cfg)
   mesh = shd.make_mesh(dict(cfg.mesh.ici), dict(cfg.mesh.dcn))
   with jax.set_mesh(mesh):
-    res = heldout_losses(resolve_data(cfg, m.tokenizer), mesh, m.cfg, m.params, None, rows)
+    res = heldout_losses(data_dir, mesh, m.cfg, m.params, None, rows, split=split)
   if jax.process_index() == 0:
     write_json(cache_path, {"key": key, "heldout": res})
   return res
