@@ -1,9 +1,9 @@
 """Learning-rate schedules, the train state's declared optimizer groups, and the optimizer.
 
 A stage declares which state leaves train as `Group`s: a name, the state paths it owns, the
-key holding its learning rate (a dotted path inside the stage block), and its sign. Only declared leaves are in the
-trainable tree (`take`) and so in the optimizer state; everything else in the state is
-frozen. The groups jshear uses:
+key holding its learning rate (a dotted path inside the stage block), and its sign. Only
+declared leaves are in the trainable tree (`take`) and so in the optimizer state; everything
+else in the state is frozen. The groups jshear uses:
   weights  ("params",)                  AdamW with the stage's schedule
   masks    ("prune", "log_alpha")       Adam at learned.mask_lr (learned mask logits)
   lambdas  ("prune", "lambda1"/"lambda2")  Adam at learned.lambda_lr, gradient *ascent* on
@@ -57,8 +57,9 @@ def make_schedule(kind: str, peak: float, total_steps: int, warmup_steps: int,
 @dataclasses.dataclass(frozen=True)
 class Group:
   """One optimizer group: the train-state subtrees at `paths` (tuples of keys or field
-  names), trained at the stage block's key `lr` (a dotted path: "learned.mask_lr"); `ascent` climbs the gradient (the key's
-  magnitude is the rate); `weight_decay` applies the block's decoupled weight decay."""
+  names), trained at the stage block's key `lr` (a dotted path: "learned.mask_lr");
+  `ascent` climbs the gradient (the key's magnitude is the rate); `weight_decay` applies the
+  block's decoupled weight decay."""
   name: str
   paths: tuple
   lr: str = "lr"

@@ -82,7 +82,8 @@ def test_every_checked_key_exists_in_the_defaults():
     (dict(data__seq_len=1), "config.data.seq_len=1 must be an integer >= 2"),
     (dict(distill__temperature=0.0), "config.distill.temperature=0.0 must be > 0"),
     (dict(prune__learned__constraint="layer-mean"),
-     "config.prune.learned.constraint='layer-mean' must be one of ('layer_mean', 'per_layer', 'count')"),
+     "config.prune.learned.constraint='layer-mean' must be one of "
+     "('layer_mean', 'per_layer', 'count')"),
     (dict(continued__reweight_rule="sheard"), "config.continued.reweight_rule='sheard' must be one of"),
     (dict(pretrain__schedule="cos"), "config.pretrain.schedule='cos' must be one of"),
     (dict(export__dtype="int8"), "config.export.dtype='int8' must be one of"),

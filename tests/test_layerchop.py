@@ -99,7 +99,8 @@ def test_pipeline_layerchop_depth_only_exports(world, tmp_path):
                           intermediate_size=96)
   cfg.stages, cfg.prune.method, cfg.final_eval = "prune,finalize,export", "layerchop", False
   reset_unread_blocks(cfg)  # the tiny world's learned knobs
-  cfg.prune.groups, cfg.prune.layerchop.layout, cfg.prune.layerchop.width = "layer", "middle", "none"
+  cfg.prune.groups = "layer"
+  cfg.prune.layerchop.layout, cfg.prune.layerchop.width = "middle", "none"
   summary = run(cfg, str(tmp_path / "lc"))
   masks = np.load(tmp_path / "lc" / "masks" / "binary_masks.npz")
   np.testing.assert_array_equal(masks["layer"], [1, 0, 0, 1])

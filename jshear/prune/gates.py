@@ -20,8 +20,9 @@ from jshear.prune.lagrangian import lagrangian, target_sparsity
 from jshear.prune.projection import project
 from jshear.prune.state import sample_masks, straight_through_masks
 
-# prune.learned.size_control and prune.learned.gate_forward (a hard-concrete sample, the reference, or the
-# deterministic masks with straight-through gradients) are defined once, in config_check.
+# prune.learned.size_control and prune.learned.gate_forward (a hard-concrete sample, the
+# reference, or the deterministic masks with straight-through gradients) are defined once,
+# in config_check.
 
 MASKS = Group("masks", (("prune", "log_alpha"),), lr="learned.mask_lr")
 LAMBDAS = Group("lambdas", (("prune", "lambda1"), ("prune", "lambda2")), lr="learned.lambda_lr",

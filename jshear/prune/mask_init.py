@@ -21,12 +21,13 @@ tens of steps the learned masks are the importance masks (README). `band` > 0 pu
 units nearest the cut, where the scores are least sure, in transition: the lowest-scored
 `band` fraction of each set's kept units and the same number of its best dropped units
 start with logits from +band_width down to -band_width by rank (in the groups of
-prune.learned.mask_init_band_groups: a fractional hidden channel scales the residual stream in
-every layer, a fractional MLP unit one product). Those gates are fractional in a sizeable
+prune.learned.mask_init_band_groups: a fractional hidden channel scales the residual stream
+in every layer, a fractional MLP unit one product). Those gates are fractional in a sizeable
 share of samples, so the LM gradient can reorder them across the cut; the units the scores
 are sure of stay settled. Sampled gates in transition also put noise into the forward the
-weights train on; prune.learned.gate_forward=deterministic trains on the masks finalize would keep
-and passes the gates' gradients straight through the cut instead (jshear/prune/state.py).
+weights train on; prune.learned.gate_forward=deterministic trains on the masks finalize
+would keep and passes the gates' gradients straight through the cut instead
+(jshear/prune/state.py).
 """
 
 from __future__ import annotations

@@ -91,8 +91,8 @@ def init_prune_state(src: ModelConfig, target: TargetShape, groups: Sequence[str
   bounds = (hard_concrete.LOG_ALPHA_MIN, hard_concrete.LOG_ALPHA_MAX) if bounds is None else \
       (float(bounds[0]), float(bounds[1]))
   if not bounds[0] < bounds[1]:
-    raise JShearError(f"config.prune.learned.log_alpha_bounds must be (low, high) with low < high, "
-                      f"got {bounds}")
+    raise JShearError(f"config.prune.learned.log_alpha_bounds must be (low, high) with "
+                      f"low < high, got {bounds}")
   if constraint not in CONSTRAINTS:
     raise JShearError(f"config.prune.learned.constraint must be one of {CONSTRAINTS}, got "
                       f"{constraint!r}")
