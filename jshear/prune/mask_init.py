@@ -64,6 +64,19 @@ def check_config(p) -> None:
   if unknown:
     raise JShearError(f"config.prune.learned.mask_init_band_groups names {sorted(unknown)}, "
                       f"not in config.prune.groups={p.groups!r}")
+  if lc.gate_forward == "deterministic" and lc.mask_init == "uniform":
+    raise JShearError("config.prune.learned.gate_forward='deterministic' needs "
+                      "mask_init='importance': from the uniform start every gate ties at the "
+                      "clamp, so the top-k cut would keep units by their index")
+  groups = [g.strip() for g in str(p.groups).split(",") if g.strip()]
+  banded = band_groups(p) or groups
+  if (lc.gate_forward == "deterministic" and lc.mask_init == "importance"
+      and lc.mask_init_band > 0 and "hidden" in banded):
+    raise JShearError("config.prune.learned.mask_init_band puts hidden channels in the band "
+                      "under gate_forward='deterministic', but a dropped hidden channel gets no "
+                      "gradient there (its mask scales it where it is written and where it is "
+                      "read), so it could leave and never come back; set "
+                      "mask_init_band_groups to the other groups (e.g. 'intermediate')")
   lo, hi = (float(b) for b in lc.log_alpha_bounds)
   if not 0 < lc.mask_init_band_width < min(hi, -lo):
     raise JShearError(f"config.prune.learned.mask_init_band_width must be in "
@@ -126,3 +139,25 @@ def from_scores(src, target: TargetShape, scores: dict, spread: float,
         _band_row(rows_s[i], rows_d[i], band, band_width, la[i])
     out[g] = la.reshape(s.shape).astype(np.float32)
   return out
+
+
+def check_reachable(p, src, target, groups) -> None:
+  """size_control=projection shifts every gate of a group by one offset inside the clamp,
+  so a group's expected kept fraction can only lie in [P(z != 0) at the lower bound, at the
+  upper]; a target outside that range would leave the bisection saturated, silently."""
+  from jshear.prune import hard_concrete
+  from jshear.prune.targets import kept_sizes, source_sizes
+  lc = p.learned
+  if lc.size_control != "projection" or not groups:
+    return
+  lo, hi = (float(b) for b in lc.log_alpha_bounds)
+  p_lo, p_hi = (float(hard_concrete.prob_nonzero(np.float32(b))) for b in (lo, hi))
+  kept, full = kept_sizes(src, target, groups), source_sizes(src, groups)
+  for g in groups:
+    f = kept[g] / full[g]
+    if not p_lo <= f <= p_hi:
+      raise JShearError(
+          f"config.prune.target keeps {kept[g]} of {full[g]} {g} units ({f:.4f}), which "
+          f"size_control='projection' cannot reach inside log_alpha_bounds=({lo:g}, {hi:g}): "
+          f"a group's expected kept fraction lies in [{p_lo:.4f}, {p_hi:.4f}]; widen the "
+          f"bounds or change the target")

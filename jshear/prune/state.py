@@ -153,7 +153,9 @@ def straight_through_masks(state: PruneState) -> dict:
   pipeline pairs it with binary_masks, so the weights train the whole units they will keep,
   while gates near the cut still reorder by what the loss says. (A dropped hidden channel gets no
   gradient: the mask scales it where it is written and where it is read, so the loss is
-  flat in it at 0. MLP units, heads, KV groups and layers do get one.)"""
+  flat in it at 0; mask_init.check_config refuses a band on hidden channels for that reason.
+  Dropped MLP units, heads, KV groups and layers do get one, except units inside a dropped
+  layer: their scales include the layer's mask, so at 0 they are flat too.)"""
   hard = eval_masks(state)
   soft = jax.tree.map(hard_concrete.deterministic_score, state.log_alpha)
   return {g: jax.lax.stop_gradient(hard[g]) + soft[g] - jax.lax.stop_gradient(soft[g])

@@ -12,6 +12,7 @@ To add a method: write a Chooser and add it to CHOOSERS.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Callable
 
@@ -21,9 +22,11 @@ from jshear import sharding as shd
 from jshear.config_check import LAYERCHOP_WIDTHS as _WIDTH_METHODS  # prune.layerchop.width
 from jshear.errors import JShearError
 from jshear.model.masks import mask_shapes
-from jshear.prune.targets import TargetShape, validate_target
+from jshear.prune.targets import TargetShape, kept_sizes, source_sizes, validate_target
 from jshear.train.loop import PruneSpec, train_stage
 from jshear.train.stages import masks_io
+
+_log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +169,8 @@ def _check_layerchop(cfg, src, target):
 def _check_learned(cfg, src, target):
   from jshear.prune import mask_init
   mask_init.check_config(cfg.prune)
+  groups = [g.strip() for g in cfg.prune.groups.split(",") if g.strip()]
+  mask_init.check_reachable(cfg.prune, src, target, removable_groups(src, target, groups))
 
 
 CHOOSERS = {
@@ -207,7 +212,19 @@ def prune_spec(cfg, src) -> PruneSpec:
   validate_target(src, target, groups)
   method.validate(cfg, src, target)
   lc = cfg.prune.learned
-  return PruneSpec(target, groups, lc.constraint, lc.target_warmup_steps)
+  return PruneSpec(target, removable_groups(src, target, groups), lc.constraint,
+                   lc.target_warmup_steps)
+
+
+def removable_groups(src, target, groups) -> tuple:
+  """`groups` less those whose target keeps every unit of the source: they get no gates,
+  no multipliers and no sampling noise (a gate that can only stay would cost a
+  multiplier that climbs for the whole run and a dimmed sample now and then)."""
+  kept, full = kept_sizes(src, target, groups), source_sizes(src, groups)
+  idle = [g for g in groups if kept[g] == full[g]]
+  for g in idle:
+    _log.info("prune: group %s keeps all %d of %d units: no gates", g, kept[g], full[g])
+  return tuple(g for g in groups if g not in idle)
 
 
 def trains_in_prune(cfg) -> bool:
