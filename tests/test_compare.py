@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import ml_collections as mlc
+import numpy as np
 import pytest
 
 import tiny_world
@@ -63,6 +64,17 @@ def test_compare_two_methods(world, tmp_path):
   lc, mg = (res["methods"][n]["heldout"] for n in ("layerchop-input", "magnitude"))
   assert res["methods"]["layerchop-input"]["paired"]["mean"] == pytest.approx(
       lc["mean"] - mg["mean"], abs=1e-9)
+  # And from the per-row losses by hand: per domain the mean row difference and its
+  # standard error, then the mean over domains and sqrt(sum se_d^2) / K.
+  means, ses = [], []
+  for d in sorted(lc["domains"]):
+    diff = (np.asarray(lc["domains"][d]["row_losses"]) -
+            np.asarray(mg["domains"][d]["row_losses"]))
+    means.append(diff.mean())
+    ses.append(diff.std(ddof=1) / np.sqrt(len(diff)))
+  got = res["methods"]["layerchop-input"]["paired"]
+  assert got["mean"] == pytest.approx(np.mean(means), abs=1e-12)
+  assert got["se"] == pytest.approx(np.sqrt(np.sum(np.square(ses))) / len(ses), rel=1e-9)
   assert "vs magnitude ± paired s.e." in md
   # jshear.experiments.paired scores finished runs against a baseline run the same way.
   from jshear.experiments.paired import paired
@@ -159,8 +171,9 @@ def test_demo_config_is_valid():
   from configs import compare_demo
   cfg = compare_demo.get_config()
   names = [n for n, _, _ in compare.parse_methods(cfg.compare.methods)]
-  assert names == ["learned", "importance", "scratch", "dimchop", "layerchop", "magnitude",
-                   "random"]
+  # Every way to choose masks, plus the from-scratch row, each once.
+  from jshear.train.stages.choosers import PRUNE_METHODS
+  assert sorted(names) == sorted(set(PRUNE_METHODS) | {"scratch"})
   from jshear.eval import tasks
   tasks.parse_task_names(cfg.compare.zeroshot_tasks)
   c = compare.method_config(cfg, "layerchop", "both")

@@ -79,7 +79,7 @@ def test_learned_masks_reach_the_target_and_beat_random_masks(world, learned, tm
   last = recs[-1]
   for g in ("layer", "kv", "intermediate", "hidden"):
     want, got = last[f"prune/{g}/target_size"], last[f"prune/{g}/expected_size"]
-    assert abs(got - want) <= 0.05 * want, (g, got, want)
+    assert abs(got - want) <= 1e-4 * want, (g, got, want)  # projection: exact sizes
   cfg = _learned_config(world)
   cfg.prune.method = "random"
   reset_unread_blocks(cfg)  # the tiny world's learned knobs
@@ -115,11 +115,16 @@ def test_tied_source_finalizes_to_the_model_evaluated_at_the_end_of_pruning(tmp_
   assert len(np.unique(saved["intermediate"])) > 2  # the other groups keep soft values
 
 
-def test_straight_through_gates_train_and_finalize_whole_units(world, tmp_path):
+def test_straight_through_gates_train_and_finalize_whole_units(world, tmp_path, monkeypatch):
   cfg = _learned_config(world, steps=6)
   cfg.prune.learned.update(gate_forward="deterministic", mask_init_band=0.25,
                            mask_init_band_groups="intermediate")
   workdir = str(tmp_path / "run")
+  from jshear.train import loop
+  seen = []  # the gate logits the loop counted flips on: at the start, then at every log
+  real_kept = loop.kept_units
+  monkeypatch.setattr(loop, "kept_units",
+                      lambda ps: seen.append(jax.tree.map(np.array, ps)) or real_kept(ps))
   run(cfg, workdir)
   saved = _finalized_is_the_last_evaluated(world, cfg, workdir)
   for g in saved:  # the band's kept units would be at scores 0.5-0.97 otherwise
@@ -134,6 +139,19 @@ def test_straight_through_gates_train_and_finalize_whole_units(world, tmp_path):
   flips = [r["prune/intermediate/flips"] for r in read_metrics(workdir)
            if r["stage"] == "prune" and "lm_loss" in r]
   assert len(flips) == 6 and crossed > 0 and sum(flips) >= crossed, (flips, crossed)
+  # Exactly: each log's flips are the units whose side changed since the previous log,
+  # group by group (0 where nothing moved: only the band's MLP units can).
+  logs = [r for r in read_metrics(workdir) if r["stage"] == "prune" and "lm_loss" in r]
+  assert len(seen) == len(logs) + 1
+  sides = [{g: np.asarray(m) > 0 for g, m in deterministic_masks(
+      ps.ranking(), ps.src, ps.target, binary=True).items()} for ps in seen]
+  for k, rec in enumerate(logs):
+    for g in sides[0]:
+      want = int(np.sum(sides[k + 1][g] != sides[k][g]))
+      assert rec[f"prune/{g}/flips"] == want, (k, g)
+      if g != "intermediate":
+        assert want == 0, g
+  assert sum(r["prune/intermediate/flips"] for r in logs) > 0
 
 
 def _finalized_is_the_last_evaluated(world, cfg, workdir):

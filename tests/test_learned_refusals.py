@@ -82,3 +82,25 @@ def test_silent_misbehaviour_is_refused(world, tmp_path, flags, words):
   err = _refused(world, tmp_path, *flags)
   for w in words:
     assert w in err, err
+
+
+@pytest.mark.parametrize("name", ["sheared_2p7b", "sheared_1p3b"])
+def test_the_main_jobs_keep_the_reference_settings(name):
+  """The main job's configs run the reference recipe (shared/REFERENCE.md: 3200 pruning
+  steps, target warm-up over the first 640, Adam on log_alpha at 1.0 and on the
+  multipliers at -1.0 with the weights' schedule and clip, log_alpha clamped to
+  [ln 0.01, ln 100], sampled gates from a uniform start, the Lagrangian, layer-mean
+  constraints); the only departure is item 4's: no gates on a group kept whole."""
+  import math
+  cfg = plan.load_config(os.path.join(REPO, "configs", f"{name}.py"))
+  p, lc = cfg.prune, cfg.prune.learned
+  assert (p.method, p.steps, p.batch_size, p.lr) == ("learned", 3200, 32, 1e-4)
+  assert (p.schedule, p.final_lr_fraction) == ("cosine", 0.1)
+  assert (lc.mask_lr, abs(lc.lambda_lr), lc.schedule_masks, lc.clip_masks) == (1.0, 1.0, True,
+                                                                             True)
+  assert lc.target_warmup_steps == 640
+  assert tuple(lc.log_alpha_bounds) == pytest.approx((math.log(0.01), math.log(100.0)))
+  assert (lc.mask_init, lc.gate_forward, lc.size_control, lc.constraint) == (
+      "uniform", "sample", "lagrangian", "layer_mean")
+  assert (lc.mask_init_band, p.one_schedule) == (0.0, False)
+  assert (p.reweight_rule, p.reweight_every) == ("sheared", 50)
