@@ -41,5 +41,9 @@ def get_config():
   k.steps, k.batch_size, k.lr, k.warmup_steps = 40, 4, 3e-4, 4
   k.log_every, k.eval_every, k.eval_batches, k.ckpt_every = 5, 0, 2, 50
   k.reweight_rule = "constant"    # same data mixture for every method
+  p.reweight_rule = "constant"    # ... in the pruning steps too (compare refuses otherwise)
+  # The same rows in the same order: the learned and dimchop rows draw their pruning and
+  # continued steps from one stream, the one-shot rows their continued steps from its start.
+  c.data.stream = "shared"
   c.distill.enable = False        # LM loss only (the demo distils; the table predates that)
   return c

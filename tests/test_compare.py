@@ -200,3 +200,22 @@ def test_scratch_row_trains_the_target_shape_on_the_same_tokens(world):
   tokens = c.pretrain.steps * c.pretrain.batch_size
   assert tokens == (cfg.continued.steps * cfg.continued.batch_size +
                     cfg.prune.steps * cfg.prune.batch_size)
+
+
+def test_unequal_training_conditions_are_refused(monkeypatch):
+  """Fair tables: one reweighting rule for every training step, and one shared stream when
+  some methods train while pruning and others do not (configs only; nothing runs)."""
+  monkeypatch.chdir(REPO)
+  from configs import compare_demo
+  methods = compare.parse_methods("learned,importance")
+  fair = compare_demo.get_config()
+  compare._check_fair({n: compare.method_config(fair, m, lay) for n, m, lay in methods})
+  for key, value, words in (("prune.reweight_rule", "sheared", "prune.reweight_rule='sheared'"),
+                            ("data.stream", "per_stage", "data.stream=shared")):
+    cfg = compare_demo.get_config()
+    block, leaf = key.split(".")
+    cfg[block][leaf] = value
+    configs = {n: compare.method_config(cfg, m, lay) for n, m, lay in methods}
+    with pytest.raises(JShearError, match="unequal training conditions") as err:
+      compare._check_fair(configs)
+    assert words in str(err.value)

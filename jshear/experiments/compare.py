@@ -380,13 +380,45 @@ def _source_config(cfg):
 
 
 def _validate(configs: dict) -> None:
+  from jshear import config_check
   from jshear.train.pipeline import parse_stages, prune_spec
+  for c in configs.values():
+    config_check.check(c)  # a bad value in a later method fails before the first runs
   pruning = [c for c in configs.values() if "pretrain" not in parse_stages(c.stages)]
   src = _source_config(pruning[0]) if pruning else None
   for c in pruning:
     stages = parse_stages(c.stages)
     if src is not None and ("prune" in stages or "finalize" in stages):
       prune_spec(c, src)
+  _check_fair(configs)
+
+
+def _check_fair(configs: dict) -> None:
+  """Every method trains under the same data policy: one reweighting rule for every
+  training step (a pruning stage that reweights while the one-shot methods' equivalent
+  steps do not would steer one row only), and, when some methods train while pruning and
+  others do not, one shared stream (data.stream=shared), so equal tokens are the same rows
+  in the same order."""
+  from jshear.train.pipeline import parse_stages, trains_in_prune
+  problems = set()
+  trained = {}
+  for name, c in configs.items():
+    if "pretrain" in parse_stages(c.stages):
+      continue
+    trained[name] = trains_in_prune(c)
+    if trained[name] and c.prune.reweight_rule != c.continued.reweight_rule:
+      problems.add(f"prune.reweight_rule={c.prune.reweight_rule!r} differs from "
+                   f"continued.reweight_rule={c.continued.reweight_rule!r}, so the methods "
+                   f"that train while pruning ({name}, ...) are reweighted on steps the "
+                   f"others spend at continued's rule; set them equal")
+  if len(set(trained.values())) > 1:
+    stream = {c.data.get("stream", "per_stage") for n, c in configs.items() if n in trained}
+    if stream != {"shared"}:
+      problems.add("some methods train while pruning and others do not: set "
+                   "data.stream=shared so that every method trains on the same rows in the "
+                   "same order")
+  if problems:
+    raise JShearError("compare: unequal training conditions: " + "; ".join(sorted(problems)))
 
 
 def compare(cfg, workdir: str) -> dict:
