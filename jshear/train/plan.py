@@ -152,7 +152,10 @@ def stage_plan(cfg, stage: str, mcfg, mesh):
   st = stage_table.get(stage)
   block = cfg[st.block]
   src = mcfg
-  pruning = "prune" in cfg.stages.split(",") or stage == "prune"
+  # A later stage plans the pruned shape when the config names a target (else the shape
+  # given, e.g. an already pruned model dir).
+  pruning = stage == "prune" or ("prune" in cfg.stages.split(",")
+                                 and bool(cfg.prune.target.num_layers))
   spec = prune_spec(cfg, mcfg) if pruning and stage != "pretrain" else None
   for before in stage_table.STAGES[:stage_table.names().index(stage)]:
     if before.name in cfg.stages.split(","):  # the shape this stage starts from
