@@ -49,10 +49,8 @@ def _text_domains(specs):
 
 
 def _dtype(name):
-  if name in (None, "float32", "fp32"):
-    return None
-  import jax.numpy as jnp
-  return {"bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16}[name]
+  from jshear.model.config import compute_dtype
+  return compute_dtype(name)
 
 
 def cmd_ppl(args) -> int:

@@ -19,6 +19,7 @@ _ROPE_TYPES = ("default", "linear", "llama3")
 def compute_dtype(name):
   """The one parser of a compute dtype name (config.model.compute_dtype, eval --dtype):
   None for float32 (compute in the params' dtype), else the jnp dtype."""
+  name = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(name, name)
   if name in ("", "float32", None):
     return None
   if name not in COMPUTE_DTYPES:
