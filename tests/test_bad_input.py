@@ -193,23 +193,8 @@ def test_nan_jshear_model_dir_is_refused_at_load(world, tmp_path):
 
 # ---- the CLIs: one line, exit 2, nothing written ----------------------------------------
 
-_CONFIG_FILE = """
-import sys
-sys.path.insert(0, {tests!r})
-import tiny_world
-def get_config():
-  c = tiny_world.config({{"hf": {hf!r}, "data": {data!r}}})
-  c.stages = "prune"
-  c.prune.steps, c.prune.ckpt_every, c.prune.eval_every = 2, 2, 2
-  return c
-"""
-
-
 def _config_file(tmp_path, world, hf=None):
-  path = tmp_path / "cfg.py"
-  path.write_text(_CONFIG_FILE.format(tests=os.path.join(REPO, "tests"), hf=hf or world["hf"],
-                                      data=world["data"]))
-  return str(path)
+  return tiny_world.write_prune_config(world, tmp_path / "cfg.py", hf)
 
 
 def _run(module, *args):

@@ -15,18 +15,6 @@ from jshear.train.stages.choosers import prune_spec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-_CONFIG_FILE = """
-import sys
-sys.path.insert(0, {tests!r})
-import tiny_world
-def get_config():
-  c = tiny_world.config({{"hf": {hf!r}, "data": {data!r}}})
-  c.stages = "prune"
-  c.prune.steps, c.prune.ckpt_every, c.prune.eval_every = 2, 2, 2
-  return c
-"""
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
   return tiny_world.build(tmp_path_factory.mktemp("world"))
@@ -49,9 +37,7 @@ def test_a_group_kept_whole_gets_no_gates():
 
 
 def _refused(world, tmp_path, *flags):
-  path = tmp_path / "cfg.py"
-  path.write_text(_CONFIG_FILE.format(tests=os.path.join(REPO, "tests"), hf=world["hf"],
-                                      data=world["data"]))
+  path = tiny_world.write_prune_config(world, tmp_path / "cfg.py")
   w = tmp_path / "w"
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
   r = subprocess.run([sys.executable, "-m", "jshear.train", f"--config={path}",

@@ -17,18 +17,6 @@ from jshear.train.stages.choosers import PRUNE_METHODS, check_knobs, prune_spec
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MASK_KEYS = ("mask_lr", "lambda_lr", "schedule_masks", "clip_masks")
 
-_CONFIG_FILE = """
-import sys
-sys.path.insert(0, {tests!r})
-import tiny_world
-def get_config():
-  c = tiny_world.config({{"hf": {hf!r}, "data": {data!r}}})
-  c.stages = "prune"
-  c.prune.steps, c.prune.ckpt_every, c.prune.eval_every = 2, 2, 2
-  return c
-"""
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
   return tiny_world.build(tmp_path_factory.mktemp("world"))
@@ -140,9 +128,7 @@ def test_prune_spec_refuses_before_the_method_validates(world):
 
 
 def test_cli_refuses_another_methods_knob_and_writes_nothing(world, tmp_path):
-  path = tmp_path / "cfg.py"
-  path.write_text(_CONFIG_FILE.format(tests=os.path.join(REPO, "tests"), hf=world["hf"],
-                                      data=world["data"]))
+  path = tiny_world.write_prune_config(world, tmp_path / "cfg.py")
   w = str(tmp_path / "w")
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
   r = subprocess.run([sys.executable, "-m", "jshear.train", f"--config={path}",

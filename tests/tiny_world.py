@@ -85,3 +85,25 @@ def config(world, **prune_target):
   k.log_every, k.eval_every, k.eval_batches, k.ckpt_every = 1, 3, 1, 3
   k.reweight_rule, k.reweight_every = "sheared_code", 3
   return c
+
+
+_PRUNE_CONFIG_FILE = """
+import sys
+sys.path.insert(0, {tests!r})
+import tiny_world
+def get_config():
+  c = tiny_world.config({{"hf": {hf!r}, "data": {data!r}}})
+  c.stages = "prune"
+  c.prune.steps, c.prune.ckpt_every, c.prune.eval_every = 2, 2, 2
+  return c
+"""
+
+
+def write_prune_config(world, path, hf=None) -> str:
+  """A config file for `python -m jshear.train --config=PATH`: the tiny world's two-step
+  prune stage (CLI tests of bad input and refusals). Returns the path."""
+  path = str(path)
+  with open(path, "w") as f:
+    f.write(_PRUNE_CONFIG_FILE.format(tests=os.path.dirname(os.path.abspath(__file__)),
+                                      hf=hf or world["hf"], data=world["data"]))
+  return path
