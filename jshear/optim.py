@@ -115,18 +115,9 @@ def take_path(tree, path):
 
 def labels(groups, tree: dict) -> dict:
   """The group name of every leaf of a trainable tree, from the declaration."""
-  out = tree
   for g in groups:
-    for path in g.paths:
-      out = put(out, (Group("", (path,)),),
-                _nest(path, jax.tree.map(lambda _: g.name, take_path(tree, path))))
-  return out
-
-
-def _nest(path, value):
-  for k in reversed(path):
-    value = {k: value}
-  return value
+    tree = put(tree, (g,), jax.tree.map(lambda _, name=g.name: name, take(tree, (g,))))
+  return tree
 
 
 def _at(block, path: str):

@@ -54,12 +54,17 @@ class LearnedGates:
       return straight_through_masks(state["prune"]), None
     return sample_masks(state["prune"], rng, step, micro), None
 
+  @property
+  def step_loss_trains(self) -> bool:
+    """Whether `step_loss` is differentiated (the Lagrangian) or only reported."""
+    return self.size_control == "lagrangian"
+
   def step_loss(self, state, step):
-    """(term added to the step's loss once, its metrics, whether it has a gradient)."""
+    """(term added to the step's loss once, its metrics)."""
     penalty, diag = lagrangian(state["prune"], step, self.warmup_steps)
-    if self.size_control == "lagrangian":
-      return penalty, {"lagrangian": penalty, **diag}, True
-    return jnp.float32(0.0), diag, False  # projection: the diagnostics only
+    if self.step_loss_trains:
+      return penalty, {"lagrangian": penalty, **diag}
+    return jnp.float32(0.0), diag  # projection: the diagnostics only
 
   def post_update(self, state, step):
     ps = state["prune"]
@@ -80,6 +85,8 @@ class FixedMasks:
 
   def masks(self, state, rng, step, micro):
     return state["masks"], state["mask_ste"]
+
+  step_loss_trains = False
 
   def step_loss(self, state, step):
     return None

@@ -6,7 +6,8 @@ A stage's step is `build_step(optimizer, loss, groups, addons)`:
   groups  the declared optimizer groups (`jshear.optim.Group`): only their leaves are
           differentiated and updated, and only they are in the optimizer state;
   addons  what rides on the state besides the weights: each gives the forward's masks
-          (`masks`), an optional whole-step loss term (`step_loss`) and a `post_update`;
+          (`masks`), an optional whole-step loss term (`step_loss`, differentiated when
+          `step_loss_trains`) and a `post_update`;
           e.g. learned gates (`jshear.prune.gates.LearnedGates`: sample, Lagrangian, clamp
           and projection) or the fixed masks of iterative pruning (`FixedMasks`).
 State is a plain dict pytree: step, params, opt_state, rng (raw key data), skipped,
@@ -138,13 +139,15 @@ def build_step(optimizer: optax.GradientTransformation, loss, *, groups=(WEIGHTS
     metrics.update(jax.tree.map(jnp.mean, extra_m))
     loss_value = metrics["lm_loss"]
     for a in addons:  # whole-step terms (the Lagrangian), once per step
-      out = a.step_loss(state, step)
-      if out is None:
-        continue
-      value, m, has_grad = out
-      if has_grad:
-        g = jax.grad(lambda tr: a.step_loss(put(state, groups, tr), step)[0])(trainable)
+      if a.step_loss_trains:  # value and gradient in one pass
+        (value, m), g = jax.value_and_grad(
+            lambda tr, a=a: a.step_loss(put(state, groups, tr), step), has_aux=True)(trainable)
         grads = jax.tree.map(jnp.add, grads, g)
+      else:
+        out = a.step_loss(state, step)
+        if out is None:
+          continue
+        value, m = out
       loss_value = loss_value + value
       metrics.update(m)
 
