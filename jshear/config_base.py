@@ -136,6 +136,8 @@ def base_config() -> mlc.ConfigDict:
   lc.lambda_lr = -1.0           # negative: gradient ascent on the Lagrange multipliers
   lc.schedule_masks = True      # reference code scales mask/lambda lr by the schedule
   lc.clip_masks = True          # reference code clips masks and lambdas with the weights
+  lc.settle_steps = 0           # > 0: mask/lambda lr falls linearly to 0 at this pruning
+                                # step, then the gates stay put (0: off, the reference)
 
   # prune.method=layerchop (depth by layout, widths one-shot; jshear/prune/layerchop.py).
   c.prune.layerchop = mlc.ConfigDict()

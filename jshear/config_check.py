@@ -192,6 +192,7 @@ CHECKS = tuple(Check(f"{b}.{c.path}", c.rule, c.why, c.when)
     Check("prune.learned.mask_init_band", within(0, 0.5, hi_open=True)),
     Check("prune.learned.mask_init_band_width", above(0)),
     Check("prune.learned.target_warmup_steps", count(0)),
+    Check("prune.learned.settle_steps", count(0)),
     Check("prune.layerchop.layout", one_of(LAYERCHOP_LAYOUTS)),
     Check("prune.layerchop.width", one_of(LAYERCHOP_WIDTHS)),
     Check("prune.calib.rows", count(1)),

@@ -12,7 +12,9 @@ All Adam groups share the stage's b1, b2 and eps, as in the reference (one AdamW
 decay 0 on masks and lambdas). Reference-code side effects are options of the sub-block
 holding the other groups' lr keys (prune.learned): `schedule_masks` scales their learning
 rates by the weight schedule's shape (reference: yes); `clip_masks` includes them in
-global-norm clipping (reference: yes). A stage with only stage-lr groups (weights) reads
+global-norm clipping (reference: yes); `settle_steps` > 0 (not the reference) scales them by a
+linear fall to 0 at that step of the stage, so the gates settle and the weights then train
+on the masks finalize will keep (0: off). A stage with only stage-lr groups (weights) reads
 neither: its weights are clipped by clip_norm, as with clip_masks=True.
 """
 
@@ -130,18 +132,19 @@ def _at(block, path: str):
   return node
 
 
-def _options(tc, groups) -> tuple[bool, bool]:
-  """(schedule_masks, clip_masks) from the sub-block holding the non-stage-lr groups' lr
-  keys ("learned.mask_lr" -> tc.learned; True where it has no such key, the reference);
-  (True, True) when every group runs on `lr`."""
+def _options(tc, groups) -> tuple[bool, bool, int]:
+  """(schedule_masks, clip_masks, settle_steps) from the sub-block holding the non-stage-lr
+  groups' lr keys ("learned.mask_lr" -> tc.learned; the reference's True, True, 0 where it
+  has no such key, and when every group runs on `lr`)."""
   owners = {g.lr.rpartition(".")[0] for g in groups if g.lr != "lr"}
   if not owners:
-    return True, True
+    return True, True, 0
   if len(owners) > 1:
     raise ValueError(f"optimizer groups: lr keys in different sub-blocks {sorted(owners)}")
   (owner,) = owners
   sub = _at(tc, owner) if owner else tc
-  return bool(sub.get("schedule_masks", True)), bool(sub.get("clip_masks", True))
+  return (bool(sub.get("schedule_masks", True)), bool(sub.get("clip_masks", True)),
+          int(sub.get("settle_steps", 0)))
 
 
 def build_optimizer(tc, total_steps: int, groups=(WEIGHTS,),
@@ -154,7 +157,7 @@ def build_optimizer(tc, total_steps: int, groups=(WEIGHTS,),
   names = [g.name for g in groups]
   if len(set(names)) != len(names) or not groups:
     raise ValueError(f"optimizer groups must be non-empty with distinct names, got {names}")
-  schedule_masks, clip_masks = _options(tc, groups)
+  schedule_masks, clip_masks, settle_steps = _options(tc, groups)
   clip = optax.clip_by_global_norm(tc.clip_norm) if tc.clip_norm > 0 else optax.identity()
   # The weight schedule's shape at peak 1, so a stage with lr=0 still scales other groups.
   shape = schedule_fn(tc, total_steps, span, peak=1.0)
@@ -164,8 +167,12 @@ def build_optimizer(tc, total_steps: int, groups=(WEIGHTS,),
       return schedule_fn(tc, total_steps, span)
     rate = float(_at(tc, g.lr))
     lr = -abs(rate) if g.ascent else rate
+    settle = (optax.linear_schedule(1.0, 0.0, settle_steps) if settle_steps > 0
+              else (lambda step: 1.0))
     if schedule_masks:
-      return lambda step: lr * shape(step)
+      return lambda step: lr * shape(step) * settle(step)
+    if settle_steps > 0:
+      return lambda step: lr * settle(step)
     return lr
 
   def transform(g):

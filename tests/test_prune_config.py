@@ -15,7 +15,7 @@ from jshear.errors import JShearError
 from jshear.train.stages.choosers import PRUNE_METHODS, check_knobs, prune_spec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MASK_KEYS = ("mask_lr", "lambda_lr", "schedule_masks", "clip_masks")
+MASK_KEYS = ("mask_lr", "lambda_lr", "schedule_masks", "clip_masks", "settle_steps")
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):

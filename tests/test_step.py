@@ -204,6 +204,30 @@ def test_mask_and_lambda_options_are_read_from_prune_learned():
   assert abs(step[True]) < 0.05 and abs(step[False] + 0.5) < 1e-3, step
 
 
+def test_settle_steps_bring_the_gates_to_rest_and_leave_the_weights_alone():
+  """settle_steps=3: the mask logits' steps fall 1, 2/3, 1/3 of mask_lr, then stop; the
+  weights' steps are those of settle_steps=0."""
+  def deltas(settle):
+    block = _prune_block(mask_lr=0.5, schedule_masks=False, clip_masks=False,
+                         settle_steps=settle)
+    block.clip_norm = 0.0
+    opt = build_optimizer(block, 10, GATES)
+    tree = _gate_tree()
+    state = opt.init(tree)
+    grads = jax.tree.map(jnp.ones_like, tree)
+    out = []
+    for _ in range(5):
+      updates, state = opt.update(grads, state, tree)
+      out.append((float(updates["prune"]["log_alpha"]["hidden"][0]),
+                  float(updates["params"]["w"][0])))
+      tree = optax.apply_updates(tree, updates)
+    return np.array(out)
+  settled, free = deltas(3), deltas(0)
+  np.testing.assert_allclose(settled[:, 0], [-0.5, -1 / 3, -1 / 6, 0, 0], rtol=1e-3, atol=1e-7)
+  np.testing.assert_allclose(free[:, 0], [-0.5] * 5, rtol=1e-3)
+  np.testing.assert_array_equal(settled[:, 1], free[:, 1])
+
+
 def test_a_weights_only_stage_reads_no_mask_option():
   """A stage with only the weights group is built the same whatever prune.learned says."""
   tree = {"params": {"w": jnp.zeros(3)}}
