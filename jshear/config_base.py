@@ -43,6 +43,10 @@ def train_block(**overrides) -> mlc.ConfigDict:
   c.reweight_smoothing = 1e-4
   c.ref_losses = mlc.ConfigDict()     # {domain: loss}; empty with rule != constant -> source
   c.domain_weights = mlc.ConfigDict()  # {domain: w}; empty -> uniform over prepared domains
+  # entropy | entropy_softmax: initial weights from the domains' conditional token entropies
+  # (BiMix's training-free mixture; `python -m jshear.data stats DIR` shows them). "": off.
+  c.domain_weights_from = ""
+  c.domain_weights_temperature = 1.0  # entropy_softmax: w = softmax(H / temperature)
   c.upsample_last_fraction = 0.0      # domain upsampling in the last X of steps
   c.upsample_factors = mlc.ConfigDict()
   c.update(overrides)

@@ -34,6 +34,8 @@ MASK_INITS = ("uniform", "importance")                              # prune.lear
 PRUNE_METHODS = ("learned", "dimchop", "layerchop", "importance", "magnitude", "random")
 LAYERCHOP_LAYOUTS = ("max_gap", "input", "output", "middle", "both")  # prune.layerchop.layout
 LAYERCHOP_WIDTHS = ("importance", "magnitude", "random", "none")      # prune.layerchop.width
+# <block>.domain_weights_from ("": the block's domain_weights, or uniform)
+DOMAIN_WEIGHTS_FROM = ("", "entropy", "entropy_softmax")
 STREAMS = ("per_stage", "shared")                                   # data.stream
 CORPORA = ("", "local")                                             # data.corpus
 ATTENTION_IMPLS = ("xla", "cudnn", "pallas", "splash", "auto")      # model.attention_impl
@@ -153,8 +155,24 @@ BLOCK_CHECKS = (
     Check("upsample_last_fraction", within(0, 1)),
     Check("upsample_factors", values_at_least(0)),
     Check("domain_weights", WEIGHTS),
+    Check("domain_weights_from", one_of(DOMAIN_WEIGHTS_FROM)),
+    Check("domain_weights_temperature", above(0)),
     Check("ref_losses", FINITE_VALUES),
 )
+
+
+def _weights_computed(block: str):
+  def when(cfg) -> bool:
+    found = lookup(cfg, f"{block}.domain_weights_from")
+    return found is not None and bool(found[1])
+  return when
+
+
+# A block whose weights are computed (from entropies) must not also list them.
+WEIGHT_SOURCE_CHECKS = tuple(
+    Check(f"{b}.domain_weights", Rule(lambda x: not _values(x), "empty"),
+          f"{b}.domain_weights_from computes the weights", _weights_computed(b))
+    for b in TRAIN_BLOCKS)
 
 
 def _lagrangian(cfg) -> bool:
@@ -163,7 +181,7 @@ def _lagrangian(cfg) -> bool:
 
 
 CHECKS = tuple(Check(f"{b}.{c.path}", c.rule, c.why, c.when)
-               for b in TRAIN_BLOCKS for c in BLOCK_CHECKS) + (
+               for b in TRAIN_BLOCKS for c in BLOCK_CHECKS) + WEIGHT_SOURCE_CHECKS + (
     Check("seed", count(0)),
     # model
     Check("model.compute_dtype", one_of(COMPUTE_DTYPES)),

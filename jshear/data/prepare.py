@@ -10,8 +10,9 @@ Two stages, both resumable (a killed run is simply started again):
 2. pack: per domain, hold out eval documents (by a seeded hash of file path and
    document index, so the split does not depend on workers or order of completion),
    pack each split into `<domain>/{train,valid,test}-NNNNN.npy` (see shards.py; the
-   held-out documents divide into validation and test parts, `_split_eval`), then
-   publish `<domain>/DONE.json`. Shard names are deterministic, so a rerun
+   held-out documents divide into validation and test parts, `_split_eval`), count the
+   training rows' token statistics (entropy.py: the entropies BiMix's training-free
+   mixtures read), then publish `<domain>/DONE.json`. Shard names are deterministic, so a rerun
    overwrites rather than duplicates.
 `manifest.json` is written last; `_work/` is removed once it exists.
 """
@@ -30,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jshear.atomic import atomic_write, write_json
-from jshear.data import shards, sources
+from jshear.data import entropy, shards, sources
 from jshear.errors import JShearError
 from jshear.model_io import load_tokenizer
 
@@ -67,6 +68,13 @@ def check_tokenizer(want: dict, tokenizer, where: str) -> None:
           f"{where}: shards were tokenized with '{want.get('name')}' ({key}={want.get(key)}), "
           f"but the given tokenizer '{got.get('name')}' has {key}={got.get(key)}; "
           "re-run jshear.data.prepare with this tokenizer")
+
+
+def manifest_hash(out_dir: str) -> str:
+  """The identity of a prepared dir's data: the hash of its manifest's bytes (16 hex digits;
+  a re-prepared split or another tokenizer changes it)."""
+  with open(os.path.join(out_dir, "manifest.json"), "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
 def load_manifest(out_dir: str, tokenizer=None) -> dict:
@@ -190,6 +198,8 @@ def _pack_domain(name: str, files: list[dict], caches: list[str], out: str, cfg:
                                                            cfg["shard_sequences"],
                                                            cfg["tokenizer"]["pad_id"]), out)
   entry["train"].update(docs=int(len(lens)), tokens=int(lens.sum()))
+  entry["stats"] = entropy.shard_stats([os.path.join(out, sh["file"]) for sh in entry["train"]["shards"]],
+                                       cfg["tokenizer"]["vocab_size"])
   entry.update(_split_eval(name, np.asarray(keys)[is_eval], all_lens[is_eval],
                            list(docs(True)), cfg, out))
   entry["inputs_hash"] = _hash([(f["path"], f.get("sha256", f.get("skipped"))) for f in files])

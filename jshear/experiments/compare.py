@@ -24,7 +24,6 @@ calibration rows). Both are reported.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -186,13 +185,13 @@ def heldout(cfg, model_dir: str, cache_path: str, rows: int, split: str = "test"
   import jax
 
   from jshear import sharding as shd
+  from jshear.data.prepare import manifest_hash
   from jshear.eval.heldout import heldout_losses
   from jshear.train.pipeline import resolve_data
   from jshear.model_io import is_jshear_dir, tokenizer_dir
   from jshear.train.stages.common import load_any
   data_dir = resolve_data(cfg, tokenizer_dir(model_dir) or model_dir)
-  with open(os.path.join(data_dir, "manifest.json"), "rb") as f:
-    data_hash = hashlib.sha256(f.read()).hexdigest()[:16]
+  data_hash = manifest_hash(data_dir)
   key = {"model": os.path.abspath(model_dir), "rows": rows, "per_row": True,
          "mtime": os.path.getmtime(os.path.join(
              model_dir, "model_config.json" if is_jshear_dir(model_dir) else "config.json")),

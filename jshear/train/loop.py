@@ -21,6 +21,7 @@ from jshear.checkpoint import Checkpointer, abstract_like
 from jshear.config_check import STREAMS  # noqa: F401 (defined there, re-exported)
 from jshear.data import reweight, upsample
 from jshear.data.mixture import MixtureLoader, domain_sources
+from jshear.data.stats import initial_weights
 from jshear.errors import JShearError
 from jshear.metrics import attention_flops_per_token, model_flops_per_token
 from jshear.model.config import ModelConfig
@@ -89,7 +90,12 @@ class DomainEval:
             for i, d in enumerate(self.domains)}
 
 
-def _initial_weights(block, domains) -> dict:
+def _initial_weights(block, domains, data_dir: str) -> dict:
+  if block.get("domain_weights_from"):  # BiMix's entropy mixture (jshear/data/stats.py)
+    w = initial_weights(data_dir, block.domain_weights_from, block.domain_weights_temperature)
+    _log.info("initial domain weights from %s: %s", block.domain_weights_from,
+              {d: round(x, 4) for d, x in w.items()})
+    return {d: w[d] for d in domains}
   w = dict(block.domain_weights)
   if not w:
     return {d: 1.0 / len(domains) for d in domains}
@@ -239,7 +245,7 @@ def train_stage(ctx: Context, stage, model_cfg: ModelConfig, params_host,
 
   sources = domain_sources(ctx.data_dir, "train")
   domains = list(sources)
-  loader = MixtureLoader(sources, _initial_weights(block, domains), block.batch_size,
+  loader = MixtureLoader(sources, _initial_weights(block, domains, ctx.data_dir), block.batch_size,
                          seed=data_seed(cfg, stage), process_index=jax.process_index(),
                          process_count=jax.process_count())
   evaluator = DomainEval(ctx, model_cfg, domains, block.batch_size, block.eval_batches,
