@@ -1,4 +1,5 @@
-"""Data-side throughput: mixture loader tokens/s and prepare's tokenization tokens/s.
+"""Data-side throughput: mixture loader tokens/s, prepare's tokenization tokens/s, and what
+counting the token statistics (entropies) adds to prepare.
 
   python bench/data.py [--small] [--tokenizer=HF_DIR] [--corpus=DIR_OF_DOMAIN_DIRS]
 
@@ -20,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from jshear.data import prepare, shards  # noqa: E402
+from jshear.data import entropy, prepare, shards  # noqa: E402
 from jshear.data.mixture import MixtureLoader  # noqa: E402
 from jshear.data.reweight import INITIAL_WEIGHTS  # noqa: E402
 
@@ -116,6 +117,16 @@ def bench_prepare(tmp: str, tokenizer: str | None, corpus: str | None, mb: float
     _emit(bench="data.prepare", tokens_per_s=round(tokens / dt), tokens=tokens, input_mb=round(mb_in, 1),
           seconds=round(dt, 2), workers=w, tokenizer=m["tokenizer"]["name"],
           vocab_size=m["tokenizer"]["vocab_size"], note="wall time incl. tokenizer load, packing, writes")
+    # the statistics prepare just counted, counted again alone: their share of its time
+    t = time.perf_counter()
+    for d in m["domains"].values():
+      entropy.shard_stats([os.path.join(out, sh["file"]) for sh in d["train"]["shards"]],
+                          m["tokenizer"]["vocab_size"])
+    ds = time.perf_counter() - t
+    _emit(bench="data.entropy_stats", seconds=round(ds, 2), prepare_seconds=round(dt, 2),
+          added_to_prepare=round(ds / max(dt - ds, 1e-9), 3), target_at_most=0.2, workers=w,
+          train_tokens=sum(d["train"]["tokens"] for d in m["domains"].values()),
+          vocab_size=m["tokenizer"]["vocab_size"], hashed=m["domains"][next(iter(m["domains"]))]["stats"]["hashed"])
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ from jshear.config_check import DOMAIN_WEIGHTS_FROM
 
 DEFAULT_BUCKETS = 1 << 24
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: multiply, keep the top bits
-_CHUNK_ROWS = 256
+_CHUNK_TOKENS = 1 << 20   # rows are counted about a million tokens at a time
 
 
 def entropy(counts: np.ndarray) -> float:
@@ -66,8 +66,9 @@ class BigramCounter:
 
   def add_rows(self, rows: np.ndarray) -> None:
     """rows: int [n, 2, T] (tokens, segment ids; 0 = padding)."""
-    for s in range(0, len(rows), _CHUNK_ROWS):
-      r = np.asarray(rows[s:s + _CHUNK_ROWS])
+    step = max(1, _CHUNK_TOKENS // max(rows.shape[-1], 1))
+    for s in range(0, len(rows), step):
+      r = np.asarray(rows[s:s + step])
       tok, seg = r[:, 0], r[:, 1]
       if tok.size and (tok.min() < 0 or tok.max() >= self.vocab_size):
         raise ValueError(f"token ids outside [0, {self.vocab_size})")
@@ -75,7 +76,12 @@ class BigramCounter:
       same = (seg[:, :-1] == seg[:, 1:]) & (seg[:, :-1] > 0)
       x, y = tok[:, :-1][same], tok[:, 1:][same]
       self.first += np.bincount(x, minlength=self.vocab_size)
-      self.pairs += np.bincount(self._bucket(x, y), minlength=self.buckets)
+      b = self._bucket(x, y)
+      if len(b) * 8 < self.buckets:  # sparse: sort the chunk rather than sweep every bucket
+        u, c = np.unique(b, return_counts=True)
+        self.pairs[u] += c
+      else:
+        self.pairs += np.bincount(b, minlength=self.buckets)
 
   def stats(self) -> dict:
     """The manifest record: tokens, pairs, entropies (nats) and the hashing bound."""
