@@ -52,6 +52,9 @@ def test_uniform_iid_stream_gives_ln_v_within_sampling_error():
   assert abs(st["unigram_entropy"] - math.log(v)) < (v - 1) / (2 * n) + 2e-3
   pairs = st["pairs"]
   assert abs(st["conditional_entropy"] - math.log(v)) < (v * v - 1) / (2 * pairs) + 5e-3
+  # the recorded bias estimate is Miller-Madow's, and adding it back lands on ln V
+  assert st["plugin_bias_estimate"] == pytest.approx((v * v - v) / (2 * pairs), rel=1e-6)
+  assert abs(st["conditional_entropy"] + st["plugin_bias_estimate"] - math.log(v)) < 1e-3
   assert st["tokens"] == len(rows) * 64
 
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from jshear.config_check import DOMAIN_WEIGHTS_FROM
 
+VERSION = 2  # of the statistics record (a cache of an older one is counted again)
 DEFAULT_BUCKETS = 1 << 24
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: multiply, keep the top bits
 _CHUNK_TOKENS = 1 << 20   # rows are counted about a million tokens at a time
@@ -94,10 +95,16 @@ class BigramCounter:
       distinct = self.buckets * -math.log(free) if free > 0 else float("inf")
       bound = math.log1p(max(distinct - 1, 0) / self.buckets)
     h_first = entropy(self.first)
-    return {"tokens": int(self.unigram.sum()), "pairs": n_pairs,
+    # Miller-Madow: the plug-in estimate is low by about (cells - 1) / 2N, for the joint and
+    # the marginal alike, so the conditional is low by (D - distinct X_t) / 2N; a small
+    # domain with many distinct pairs is lowered most (recorded, not used by the weights)
+    mm = ((distinct - np.count_nonzero(self.first)) / (2 * n_pairs)
+          if n_pairs and math.isfinite(distinct) else 0.0)
+    return {"version": VERSION, "tokens": int(self.unigram.sum()), "pairs": n_pairs,
             "unigram_entropy": entropy(self.unigram),
             # clipped: hashing can only lower the joint entropy, never below H(X_t)
             "conditional_entropy": max(entropy(self.pairs) - h_first, 0.0),
+            "plugin_bias_estimate": float(mm),
             "conditional_entropy_bound": bound, "distinct_pairs": int(round(distinct))
             if math.isfinite(distinct) else None,
             "buckets": self.buckets, "hashed": not self.exact}

@@ -38,11 +38,12 @@ def domain_stats(data_dir: str, buckets: int = entropy.DEFAULT_BUCKETS) -> dict:
   """{domain: statistics} of a prepared dir: the manifest's, else counted (and cached)."""
   m = load_manifest(data_dir)
   out = {d: e["stats"] for d, e in m["domains"].items()
-         if "stats" in e and (not e["stats"]["hashed"] or e["stats"]["buckets"] == buckets)}
+         if "stats" in e and e["stats"].get("version") == entropy.VERSION
+         and (not e["stats"]["hashed"] or e["stats"]["buckets"] == buckets)}
   missing = [d for d in m["domains"] if d not in out]
   if not missing:
     return out
-  key = {"manifest": manifest_hash(data_dir), "buckets": buckets}
+  key = {"manifest": manifest_hash(data_dir), "buckets": buckets, "version": entropy.VERSION}
   cached = _cached(data_dir, key)
   for d in missing:
     if d not in cached:
@@ -67,11 +68,13 @@ def table(st: dict, temperature: float) -> str:
   h = {d: s["conditional_entropy"] for d, s in st.items()}
   w_lin = entropy.entropy_weights(h, "entropy")
   w_soft = entropy.entropy_weights(h, "entropy_softmax", temperature)
-  lines = ["| domain | tokens | H(X) | H(X_t+1 given X_t) | hashing bound | entropy | "
-           f"entropy_softmax (T={temperature:g}) |", "|---|---:|---:|---:|---:|---:|---:|"]
+  lines = ["| domain | tokens | H(X) | H(X_t+1 given X_t) | hashing bound | plug-in bias | "
+           f"entropy | entropy_softmax (T={temperature:g}) |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
   for d, s in st.items():
     lines.append(f"| {d} | {s['tokens']:,} | {s['unigram_entropy']:.3f} | "
                  f"{s['conditional_entropy']:.3f} | {s['conditional_entropy_bound']:.3f} | "
+                 f"-{s['plugin_bias_estimate']:.3f} | "
                  f"{w_lin[d]:.3f} | {w_soft[d]:.3f} |")
   return "\n".join(lines)
 
