@@ -24,7 +24,7 @@ from typing import Mapping, Sequence
 import grain
 import numpy as np
 
-from jshear.data import shards
+from jshear.data import shards, view
 from jshear.data.prepare import load_manifest
 from jshear.errors import JShearError
 
@@ -39,10 +39,14 @@ SPLITS = ("train", "valid", "test", "eval")
 
 
 def domain_sources(prepared_dir: str, split: str = "train", tokenizer=None) -> dict[str, shards.ShardedSequences]:
-  """Per-domain random-access sources of a prepared dataset (see prepare.py)."""
+  """Per-domain random-access sources of a prepared dataset (see prepare.py), or of a view
+  of one (view.py: its kept train rows, its source's held-out rows)."""
   m = load_manifest(prepared_dir, tokenizer)
   if split not in SPLITS:
     raise JShearError(f"split: expected one of {SPLITS}, got '{split}'")
+  if view.is_view(m):
+    base = domain_sources(view.source_dir(prepared_dir, m), split)
+    return view.train_sources(prepared_dir, m, base) if split == "train" else base
   return {name: shards.ShardedSequences([os.path.join(prepared_dir, s["file"]) for s in d[split]["shards"]])
           for name, d in m["domains"].items()}
 
