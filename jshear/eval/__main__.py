@@ -4,6 +4,8 @@
   python -m jshear.eval tasks --model=DIR [--tasks=piqa,hellaswag,...|all] [--limit N] [--out F]
   python -m jshear.eval tasks --model hf --model_args pretrained=DIR,dtype=float32 \
       --tasks piqa --output_path OUT            # lm-eval's spelling, for copied commands
+  python -m jshear.eval bias  --source=DIR --pruned=DIR[,DIR...] --tasks=piqa,arc_easy \
+      [--limit N] [--out DIR] [--zero_rates=exclude|smooth]   # per-class bias of pruning
   python -m jshear.eval fetch                 # download + cache the zero-shot eval sets
   python -m jshear.eval lm-eval --model jshear --model_args path=DIR --tasks ...   (lm_eval CLI
                                               with the `jshear` model registered)
@@ -183,6 +185,12 @@ def format_table(out: dict) -> str:
   return "\n".join(lines)
 
 
+def cmd_bias(args) -> int:
+  from jshear.assets import eval_sets as datasets
+  from jshear.eval import bias
+  return bias.run(args, lambda: datasets.eval_sets_dir(fetch=args.fetch))
+
+
 def cmd_fetch(args) -> int:
   from jshear.assets import eval_sets as datasets
   print(datasets.eval_sets_dir(fetch=True))
@@ -235,10 +243,30 @@ def main(argv=None) -> int:
   t.add_argument("--tokens-per-batch", dest="tokens_per_batch", type=int, default=2048)
   t.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
   t.add_argument("--fetch", action="store_true", help="download the eval sets if missing")
+  b = sub.add_parser("bias", help="per-class bias of pruned models vs the source (CEV, SDE, "
+                                  "PIEs; docs/bias_metrics.md)")
+  b.add_argument("--source", required=True, help="the unpruned model dir")
+  b.add_argument("--pruned", required=True, help="pruned model dir(s), comma-separated (trials)")
+  b.add_argument("--tasks", required=True, help="multiple-choice tasks, comma-separated")
+  b.add_argument("--limit", type=int, default=None, help="first N documents per task")
+  b.add_argument("--out", default=None, help="output dir for bias.md, bias.json, bias.png")
+  b.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+  b.add_argument("--zero_rates", "--zero-rates", dest="zero_rates", default="exclude",
+                 choices=["exclude", "smooth"], help="a class whose source FPR or FNR is 0")
+  b.add_argument("--alpha", type=float, default=0.5, help="add-alpha counts for --zero_rates=smooth")
+  b.add_argument("--rule", default="acc", choices=["acc", "acc_norm"],
+                 help="prediction: argmax log-likelihood (acc) or per character (acc_norm)")
+  b.add_argument("--by_category", "--by-category", dest="by_category", default="",
+                 help="tasks whose class is the document's category (hellaswag, copa)")
+  b.add_argument("--tokens-per-batch", "--tokens_per_batch", dest="tokens_per_batch", type=int,
+                 default=2048)
+  b.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
+  b.add_argument("--fetch", action="store_true", help="download the eval sets if missing")
   sub.add_parser("fetch", help="download and cache the zero-shot eval sets")
   args = ap.parse_args(argv)
   try:
-    return {"ppl": cmd_ppl, "tasks": cmd_tasks, "fetch": cmd_fetch}[args.cmd](args)
+    return {"ppl": cmd_ppl, "tasks": cmd_tasks, "bias": cmd_bias,
+            "fetch": cmd_fetch}[args.cmd](args)
   except JShearError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
