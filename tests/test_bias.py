@@ -235,3 +235,49 @@ def test_cli_bias_refuses_another_vocabulary(tmp_path, monkeypatch, capsys):
   assert not list(tmp_path.glob(".bias*"))           # no temporary left either
   assert eval_main(["bias", "--source", src, "--pruned", src, "--tasks", "lambada"]) == 2
   assert "not multiple-choice" in capsys.readouterr().err
+
+
+def test_compare_columns_from_cached_predictions(tmp_path):
+  """jshear.experiments.compare: CEV/SDE of each method's cached zero-shot predictions
+  against the source's, and their column in compare.md."""
+  from jshear.atomic import write_json
+  from jshear.experiments import compare
+  gold = [0] * 10 + [1] * 10
+  doc = lambda pred: {"arc_easy": {"gold": gold, "n_choices": [2] * 20, "pred": pred}}
+  write_json(tmp_path / "src.json", {"docs": doc([0] * 8 + [1] * 2 + [0] * 4 + [1] * 6)})
+  write_json(tmp_path / "m.json", {"docs": doc([0] * 6 + [1] * 4 + [0] * 2 + [1] * 8)})
+  write_json(tmp_path / "old.json", {"acc": {}})      # a cache from before predictions
+  b = compare.zero_shot_bias(str(tmp_path / "m.json"), str(tmp_path / "src.json"))
+  # the swapped-errors case above: CEV 11250, SDE 150 / sqrt 2; documents 6, 7, 12, 13
+  # changed answer
+  assert b["arc_easy"]["cev"] == pytest.approx(11250)
+  assert b["arc_easy"]["sde"] == pytest.approx(150 / SQRT2) and b["arc_easy"]["pies"] == 4
+  assert compare.zero_shot_bias(str(tmp_path / "old.json"), str(tmp_path / "src.json")) is None
+  method = {"params": 10, "eval": {"d": 1.0}, "mean_loss": 1.0, "heldout": None,
+            "zero_shot": {"arc_easy": 0.7, "mean": 0.7}, "prune_tokens": 0, "total_tokens": 0,
+            "wall_s": 1.0}
+  res = {"methods": {"m": dict(method, bias=b), "n": dict(method, bias=None)},
+         "target": {}, "continue_tokens": 0,
+         "source": {"params": 20, "eval": {"d": 0.9}, "mean_loss": 0.9, "zero_shot": None}}
+  lines = compare.to_markdown(res).splitlines()
+  assert "| arc_easy CEV / SDE |" in lines[4]
+  assert " 11250.0 / 106.07 |" in lines[7] and " - / - |" in lines[8]
+  assert len({l.count("|") for l in lines[4:9]}) == 1     # every row has every column
+
+
+def test_compare_zero_shot_caches_predictions(tmp_path, monkeypatch):
+  """The cached predictions follow each task's reported metric (piqa: acc_norm, arc_easy:
+  acc): their accuracy is the one compare reports."""
+  from jshear.experiments import compare
+  monkeypatch.setenv("JSHEAR_CACHE", str(tmp_path / "cache"))
+  testing.make_fake_evalsets(str(tmp_path / "cache"),
+                             dict(testing.FAKE_ROWS, **{"ai2_arc/ARC-Easy/validation": ARC_ROWS}))
+  src = _model(tmp_path, "src", testing.train_tiny_tokenizer(str(tmp_path / "tok")), 0)
+  acc = compare.zero_shot(src, str(tmp_path / "zs.json"), "piqa,arc_easy", 0)
+  docs = json.loads((tmp_path / "zs.json").read_text())["docs"]
+  for task in ("piqa", "arc_easy"):
+    d = docs[task]
+    assert np.mean(np.equal(d["pred"], d["gold"])) == pytest.approx(acc[task])
+  assert len(docs["arc_easy"]["pred"]) == 10
+  b = compare.zero_shot_bias(str(tmp_path / "zs.json"), str(tmp_path / "zs.json"))
+  assert all(v["pies"] == 0 and v["sde"] in (0, None) for v in b.values())

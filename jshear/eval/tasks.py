@@ -312,15 +312,24 @@ def prepare(tokenizer, task_names, limit: int | None = None, root: str | None = 
 def score_prepared(backend, prep: PreparedTasks, *, tokens_per_batch: int = 2048,
                    progress: bool = True) -> dict[str, dict[str, float | None]]:
   """{task: {metric: value, metric_stderr: value}} for every prepared task."""
+  return score_prepared_lls(backend, prep, tokens_per_batch=tokens_per_batch,
+                            progress=progress)[0]
+
+
+def score_prepared_lls(backend, prep: PreparedTasks, *, tokens_per_batch: int = 2048,
+                       progress: bool = True) -> tuple[dict, dict[str, list[np.ndarray]]]:
+  """`score_prepared`'s metrics, and per task each document's choice log-likelihoods (what
+  per-document predictions, e.g. jshear.eval.bias, are made from)."""
   from jshear.eval import scoring
   ll, greedy = scoring.score_requests(backend, prep.encoded, tokens_per_batch=tokens_per_batch,
                                       progress=progress, desc=f"zero-shot ({len(prep.names)} tasks)")
-  out = {}
+  out, per_doc = {}, {}
   for name in prep.names:
     lls = [ll[a:b] for a, b in prep.spans[name]]
     gs = [greedy[a:b] for a, b in prep.spans[name]]
     out[name] = task_metrics(TASKS[name], prep.insts[name], lls, gs)
-  return out
+    per_doc[name] = lls
+  return out, per_doc
 
 
 def to_lm_eval_json(metrics: dict, prep: PreparedTasks, config: dict) -> dict:

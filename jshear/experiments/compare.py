@@ -10,8 +10,9 @@ DIR/<method> (the name with ':' as '-'); a finished one is reused, not rerun. Th
 
   DIR/compare.json  per method: params, target shape, per-domain held-out loss of the final
                     model and its mean, zero-shot accuracy on `compare.zeroshot_tasks` (the
-                    first `compare.zeroshot_limit` documents of each; "" skips it), wall
-                    time, tokens spent (prune / continue); the source model's for reference
+                    first `compare.zeroshot_limit` documents of each; "" skips it) and its
+                    bias against the source's predictions (CEV, SDE, PIEs: jshear.eval.bias),
+                    wall time, tokens spent (prune / continue); the source model's for reference
   DIR/compare.md    the same as a table
   DIR/compare.png   mean and per-domain loss per method (skipped, with a log line, when
                     matplotlib is not installed)
@@ -155,8 +156,10 @@ def run_one(cfg, workdir: str) -> dict:
 
 def zero_shot(model_dir: str, cache_path: str, task_names: str, limit: int) -> dict:
   """{task: its primary accuracy (`tasks.PRIMARY_METRIC`), "mean": ...} of a model dir, cached
-  in `cache_path` for the same tasks and limit."""
-  key = {"tasks": task_names, "limit": int(limit), "model": os.path.abspath(model_dir)}
+  in `cache_path` for the same tasks and limit, with each document's prediction by that
+  metric's rule (for `zero_shot_bias`)."""
+  key = {"tasks": task_names, "limit": int(limit), "model": os.path.abspath(model_dir),
+         "preds": 1}
   if os.path.exists(cache_path):
     with open(cache_path) as f:
       old = json.load(f)
@@ -169,13 +172,41 @@ def zero_shot(model_dir: str, cache_path: str, task_names: str, limit: int) -> d
   prep = tasks.prepare(m.tokenizer, names, int(limit) or None, assets.eval_sets_dir())
   backend = scoring.JaxBackend(m.cfg, m.params, max_length=min(m.cfg.max_position_embeddings,
                                                                  2048))
-  metrics = tasks.score_prepared(backend, prep, progress=False)
+  metrics, lls = tasks.score_prepared_lls(backend, prep, progress=False)
   acc = {n: float(metrics[n][tasks.PRIMARY_METRIC.get(n, "acc")]) for n in names}
   acc["mean"] = sum(acc.values()) / len(names)
+  from jshear.eval.bias import predict
+  docs = {n: {"gold": [i.gold for i in prep.insts[n]],
+              "n_choices": [len(i.choices) for i in prep.insts[n]],
+              "pred": predict(lls[n], [i.choices for i in prep.insts[n]],
+                              tasks.PRIMARY_METRIC.get(n, "acc")).tolist()}
+          for n in names if tasks.TASKS[n].kind == "multiple_choice"}
   import jax
   if jax.process_index() == 0:
-    write_json(cache_path, {"key": key, "acc": acc})
+    write_json(cache_path, {"key": key, "acc": acc, "docs": docs})
   return acc
+
+
+def zero_shot_bias(cache_path: str, source_cache_path: str) -> dict | None:
+  """{task: {"cev", "sde", "pies"}} of a method's cached zero-shot predictions against the
+  source's (jshear.eval.bias: one trial, zero base rates excluded); None when either cache
+  has no predictions."""
+  from jshear.eval.bias import task_bias
+  caches = []
+  for path in (cache_path, source_cache_path):
+    if not os.path.exists(path):
+      return None
+    with open(path) as f:
+      caches.append(json.load(f).get("docs"))
+  mine, src = caches
+  if not mine or not src:
+    return None
+  out = {}
+  for task, s in src.items():
+    if task in mine and mine[task]["gold"] == s["gold"]:
+      t = task_bias(s["gold"], s["pred"], [mine[task]["pred"]], s["n_choices"])
+      out[task] = {"cev": t["cev"], "sde": t["sde"], "pies": len(t["pies"])}
+  return out
 
 
 def heldout(cfg, model_dir: str, cache_path: str, rows: int, split: str = "test") -> dict:
@@ -284,6 +315,11 @@ def to_markdown(res: dict) -> str:
   zcols = [f"{k} acc" for k in zs] + (["mean acc"] if zs else [])
   zkeys = zs + (["mean"] if zs else [])
   zcell = lambda z: "".join(f" {_fmt((z or {}).get(k), '.3f')} |" for k in zkeys)
+  bs = sorted({k for _, r in rows for k in (r.get("bias") or {})})
+  zcols += [f"{k} CEV / SDE" for k in bs]
+  bcell = lambda b: "".join(" " + " / ".join(_fmt(((b or {}).get(k) or {}).get(m), f)
+                                             for m, f in (("cev", ".1f"), ("sde", ".2f"))) + " |"
+                            for k in bs)
   base = res.get("paired_with")
   dcol = [f"vs {base} ± paired s.e."] if base else []
   dcell = lambda r: f" {_diff_cell(r.get('paired'))} |" if base else ""
@@ -302,14 +338,14 @@ def to_markdown(res: dict) -> str:
     lines.append(f"| source | {_fmt(src['params'], ',')} | " +
                  " | ".join(_fmt(src["eval"].get(d), ".3f") for d in domains) +
                  f" | {_fmt(src['mean_loss'], '.3f')} | - |" + (" - |" if base else "") +
-                 zcell(src.get("zero_shot")) +
+                 zcell(src.get("zero_shot")) + " - |" * len(bs) +
                  " - | - | - |")
   for name, r in sorted(rows, key=lambda kv: (kv[1]["mean_loss"] is None,
                                               kv[1]["mean_loss"] or 0.0)):
     lines.append(f"| {name} | {_fmt(r['params'], ',')} | " +
                  " | ".join(_fmt(r["eval"].get(d), ".3f") for d in domains) +
                  f" | {_fmt(r['mean_loss'], '.3f')} | {_heldout_cell(r.get('heldout'))} |" +
-                 dcell(r) + zcell(r.get("zero_shot")) +
+                 dcell(r) + zcell(r.get("zero_shot")) + bcell(r.get("bias")) +
                  f" {r['prune_tokens']:,} | {r.get('total_tokens', 0):,} | "
                  f"{_fmt(r['wall_s'], '.0f')} |")
   lines += ["", "Loss: mean next-token loss on each domain's held-out rows (nats). Rows "
@@ -322,6 +358,10 @@ def to_markdown(res: dict) -> str:
     lines += [f"Zero-shot: accuracy on the first {res.get('zeroshot_limit') or 'all'} documents "
               "of each task (acc_norm for piqa, hellaswag, openbookqa, arc_challenge; acc "
               "elsewhere)."]
+  if bs:
+    lines += ["CEV / SDE: pruning-induced bias against the source on the same documents, "
+              "classes = gold answer positions, predictions by the accuracy's rule "
+              "(docs/bias_metrics.md; CEV in %^2 is twice the public code's)."]
   lines.append("")
   return "\n".join(lines)
 
@@ -465,6 +505,9 @@ def compare(cfg, workdir: str) -> dict:
     src_dir = cfg.init_from or resolve_source(cfg.model.source)
     res["source"]["zero_shot"] = zero_shot(src_dir, os.path.join(workdir, "source_zeroshot.json"),
                                            tasks_spec, limit)
+    for name, r in res["methods"].items():
+      r["bias"] = zero_shot_bias(os.path.join(workdir, name, "zeroshot.json"),
+                                 os.path.join(workdir, "source_zeroshot.json"))
   import jax
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "compare.json"), "w") as f:
