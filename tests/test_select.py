@@ -275,6 +275,14 @@ def test_document_view_serves_only_the_selected_documents(world, tmp_path):
   assert sum(int(k.sum()) for k in keep.values()) == sel.keep_count(
       0.5, sum(int(np.isfinite(a["score"]).sum()) for a in arrays.values()))
   next(iter(MixtureLoader(got, {d: 1.0 for d in got}, batch_size=8)))
+  # the token statistics of a view are those of the rows it serves (dropped pieces as padding)
+  from jshear.data import entropy
+  from jshear.data import stats as stats_mod
+  vocab = prep.load_manifest(world["docs"])["tokenizer"]["vocab_size"]
+  st = stats_mod.domain_stats(str(tmp_path / "v"))
+  for d in got:
+    rows = np.stack([np.asarray(got[d][j]) for j in range(len(got[d]))])
+    assert st[d] == entropy.rows_stats([rows], vocab)
 
 
 def test_select_is_the_same_on_every_run(world, tmp_path):

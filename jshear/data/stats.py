@@ -17,7 +17,10 @@ import os
 import sys
 
 from jshear.atomic import write_json
+import numpy as np
+
 from jshear.data import entropy
+from jshear.data.mixture import domain_sources
 from jshear.data.prepare import load_manifest, manifest_hash
 from jshear.errors import JShearError
 
@@ -34,6 +37,20 @@ def _cached(data_dir: str, key: dict) -> dict:
   return got.get("domains", {}) if got.get("key") == key else {}
 
 
+def _train_rows(data_dir: str, m: dict, domain: str, chunk: int = 4096):
+  """A domain's training rows a block at a time: its shards' memmaps, or for a selected view
+  (no shard list: an index into its source) the rows `domain_sources` serves, in which the
+  pieces a document view dropped read as padding."""
+  entry = m["domains"][domain]["train"]
+  if "shards" in entry:
+    for s in entry["shards"]:
+      yield np.load(os.path.join(data_dir, s["file"]), mmap_mode="r")
+    return
+  src = domain_sources(data_dir, "train")[domain]
+  for a in range(0, len(src), chunk):
+    yield np.stack([np.asarray(src[i]) for i in range(a, min(a + chunk, len(src)))])
+
+
 def domain_stats(data_dir: str, buckets: int = entropy.DEFAULT_BUCKETS) -> dict:
   """{domain: statistics} of a prepared dir: the manifest's, else counted (and cached)."""
   m = load_manifest(data_dir)
@@ -47,8 +64,8 @@ def domain_stats(data_dir: str, buckets: int = entropy.DEFAULT_BUCKETS) -> dict:
   cached = _cached(data_dir, key)
   for d in missing:
     if d not in cached:
-      shards = [os.path.join(data_dir, s["file"]) for s in m["domains"][d]["train"]["shards"]]
-      cached[d] = entropy.shard_stats(shards, m["tokenizer"]["vocab_size"], buckets)
+      cached[d] = entropy.rows_stats(_train_rows(data_dir, m, d), m["tokenizer"]["vocab_size"],
+                                     buckets)
   try:
     write_json(os.path.join(data_dir, CACHE), {"key": key, "domains": cached}, indent=1)
   except OSError:  # a read-only dir: counted again next time
