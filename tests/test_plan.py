@@ -36,8 +36,10 @@ def test_every_config_resolves_its_source_shape(path, monkeypatch):
   if "prune" in stages:                         # the target fits the source it plans with
     spec = prune_spec(cfg, mcfg)
     assert target_config(mcfg, spec.target).num_layers == cfg.prune.target.num_layers
-  else:
-    assert stage == "pretrain" and mcfg.num_layers == cfg.model.num_layers
+  elif stage == "pretrain":
+    assert mcfg.num_layers == cfg.model.num_layers
+  else:  # continued pretraining of a source model (data_tools_demo): the source's shape
+    assert stage == "continue" and cfg.model.source and mcfg.num_layers >= 1
 
 
 def test_sheared_configs_declare_a_llama2_7b_source():
