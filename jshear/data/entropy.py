@@ -54,7 +54,7 @@ class BigramCounter:
     self.vocab_size = int(vocab_size)
     self.exact = self.vocab_size ** 2 <= buckets
     self.buckets = self.vocab_size ** 2 if self.exact else int(buckets)
-    self._shift = np.uint64(64 - int(math.log2(self.buckets)))
+    self._shift = None if self.exact else np.uint64(64 - int(math.log2(self.buckets)))
     self.unigram = np.zeros(self.vocab_size, np.int64)   # every document token
     self.first = np.zeros(self.vocab_size, np.int64)     # X_t of each counted pair
     self.pairs = np.zeros(self.buckets, np.int64)

@@ -20,13 +20,13 @@ itself instead of going through `domain_sources` fails rather than reading every
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
 import numpy as np
 
 from jshear.atomic import atomic_dir
+from jshear.data.prepare import manifest_hash
 from jshear.errors import JShearError
 
 INDEX_DIR = "index"
@@ -38,8 +38,7 @@ def manifest_id(data_dir: str) -> str:
   path = os.path.join(data_dir, "manifest.json")
   if not os.path.isfile(path):
     raise JShearError(f"{path}: expected a manifest from jshear.data.prepare, got no such file")
-  with open(path, "rb") as f:
-    return hashlib.sha256(f.read()).hexdigest()[:16]
+  return manifest_hash(data_dir)
 
 
 def is_view(manifest: dict) -> bool:
