@@ -184,22 +184,31 @@ def _cli(*args):
                         capture_output=True, text=True, timeout=300)
 
 
-def test_stats_command_prints_the_table_and_refuses_bad_input(prepared, tmp_path):
-  r = _cli("stats", prepared, "--json", "--temperature=0.5")
+def _in_process(capsys, *args):
+  """The same main() `python -m jshear.data` runs, without a second interpreter."""
+  from jshear.data import __main__ as data_cli
+  capsys.readouterr()
+  rc = data_cli.main(list(args))
+  cap = capsys.readouterr()
+  return subprocess.CompletedProcess(args, rc, cap.out, cap.err)
+
+
+def test_stats_command_prints_the_table_and_refuses_bad_input(prepared, tmp_path, capsys):
+  r = _cli("stats", prepared, "--json", "--temperature=0.5")   # the module as a process
   assert r.returncode == 0, r.stderr
   out = json.loads(r.stdout)
   assert out["domains"] == stats_mod.domain_stats(prepared)
   h = {d: s["conditional_entropy"] for d, s in out["domains"].items()}
   assert out["weights"]["entropy_softmax"] == pytest.approx(
       entropy.entropy_weights(h, "entropy_softmax", 0.5))
-  table = _cli("stats", prepared)
+  table = _in_process(capsys, "stats", prepared)
   assert table.returncode == 0 and "| noise |" in table.stdout
   for bad in ([str(tmp_path / "nowhere")], [prepared, "--temperature=0"],
               [prepared, "--buckets=1000"]):
-    r = _cli("stats", *bad)
+    r = _in_process(capsys, "stats", *bad)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.splitlines()) == 1, r
   assert not (tmp_path / "nowhere").exists()
-  assert _cli("nonsense").returncode == 2
+  assert _in_process(capsys, "nonsense").returncode == 2
 
 
 def test_a_stage_takes_its_initial_weights_from_the_entropies(prepared):

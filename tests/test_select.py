@@ -17,6 +17,7 @@ from jshear.data import prepare as prep
 from jshear.data import score as score_mod
 from jshear.data import select as sel
 from jshear.data import view
+from jshear.data import __main__ as data_cli
 from jshear.data.mixture import MixtureLoader, domain_sources
 from jshear.errors import JShearError
 
@@ -58,6 +59,15 @@ def _cli(*args, devices=8):
              JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
   return subprocess.run([sys.executable, "-m", "jshear.data", *args], capture_output=True,
                         text=True, env=env, cwd=REPO, timeout=600)
+
+
+def _in_process(capsys, *args):
+  """`python -m jshear.data ARGS` in this process (its 8 fake devices): the same main() the
+  module runs, without a second interpreter and JAX import."""
+  capsys.readouterr()
+  rc = data_cli.main(list(args))
+  cap = capsys.readouterr()
+  return subprocess.CompletedProcess(args, rc, cap.out, cap.err)
 
 
 def _arrays(scores_dir):
@@ -149,12 +159,15 @@ def test_ties_fall_by_domain_then_row_and_runs_agree():
 # One row a device: a global batch split over 8 devices instead (8 rows a forward on one
 # device, 1 on each of 8) gives other bits (the break check of the per-device batch).
 @pytest.mark.parametrize("unit,batch", [("row", 1), ("document", 3)])
-def test_scores_are_the_same_bits_on_1_and_8_devices(world, tmp_path, unit, batch):
+def test_scores_are_the_same_bits_on_1_and_8_devices(world, tmp_path, unit, batch, capsys):
+  import jax
+  assert jax.device_count() == 8
   outs = []
   for n in (1, 8):
     out = tmp_path / f"s{n}"
-    r = _cli("score", f"--model={world['hf']}", f"--data={world['docs']}", f"--out={out}",
-             f"--unit={unit}", f"--batch_size={batch}", "--chunk_rows=6", devices=n)
+    args = ("score", f"--model={world['hf']}", f"--data={world['docs']}", f"--out={out}",
+            f"--unit={unit}", f"--batch_size={batch}", "--chunk_rows=6")
+    r = _cli(*args, devices=1) if n == 1 else _in_process(capsys, *args)
     assert r.returncode == 0, r.stderr[-3000:]
     outs.append(out)
   a, b = (_arrays(o) for o in outs)
@@ -342,29 +355,33 @@ def _refused(r, out, words):
   assert not os.path.exists(out), f"{out} was written"
 
 
-def test_refusals_are_one_line_exit_2_and_write_nothing(world, tmp_path):
+def test_refusals_are_one_line_exit_2_and_write_nothing(world, tmp_path, capsys):
   other = _other_tokenizer_model(world, tmp_path / "other")
   out = tmp_path / "never"
-  _refused(_cli("score", f"--model={other}", f"--data={world['data']}", f"--out={out}"),
-           out, ["tokenizer", "vocab_size"])
-  _refused(_cli("score", f"--model={world['hf']}", f"--data={world['data']}", f"--out={out}",
-                "--unit=sentence"), out, ["--unit", "sentence"])
+
+  def refused(words, *args):
+    _refused(_in_process(capsys, *args, f"--out={out}"), out, words)
+
+  refused(["tokenizer", "vocab_size"], "score", f"--model={other}", f"--data={world['data']}")
+  refused(["--unit", "sentence"], "score", f"--model={world['hf']}", f"--data={world['data']}",
+          "--unit=sentence")
   data = tmp_path / "data"
   shutil.copytree(world["data"], data)
   _score(world, tmp_path / "s", data=str(data), unit="row")
+  scores = f"--scores={tmp_path / 's'}"
   for rate in ("0", "1.5", "-0.2", "nan"):
-    _refused(_cli("select", f"--scores={tmp_path / 's'}", "--band=low", f"--rate={rate}",
-                  f"--out={out}"), out, ["--rate", "(0, 1]"])
-  _refused(_cli("select", f"--scores={tmp_path / 's'}", "--band=middle", "--rate=0.5",
-                f"--out={out}"), out, ["--band", "middle"])
-  _refused(_cli("select", f"--scores={tmp_path / 'nothing'}", "--band=low", "--rate=0.5",
-                f"--out={out}"), out, ["scores.json"])
+    refused(["--rate", "(0, 1]"], "select", scores, "--band=low", f"--rate={rate}")
+  refused(["--band", "middle"], "select", scores, "--band=middle", "--rate=0.5")
+  refused(["scores.json"], "select", f"--scores={tmp_path / 'nothing'}", "--band=low",
+          "--rate=0.5")
   shutil.rmtree(data)   # prepared again, with another split: other rows under the same names
   domains = {d: os.path.join(world["corpus"], d) for d in sorted(os.listdir(world["corpus"]))}
   prep.prepare(world["hf"], domains, str(data), seq_len=tiny_world.SEQ, eval_docs=2,
                workers=0, progress=False)
-  _refused(_cli("select", f"--scores={tmp_path / 's'}", "--band=low", "--rate=0.5",
-                f"--out={out}"), out, ["prepared again"])
+  refused(["prepared again"], "select", scores, "--band=low", "--rate=0.5")
+  # the process itself: the same line on stderr and exit code 2
+  _refused(_cli("select", scores, "--band=low", "--rate=0.5", f"--out={out}"), out,
+           ["prepared again"])
 
 
 # ---- the reference model config ----------------------------------------------------------
@@ -375,14 +392,11 @@ def test_reference_config_trains_a_model_that_scores(world, tmp_path):
   from configs import reference_125m
   for shape in reference_125m.SHAPES:
     assert config_check.problems(reference_125m.get_config(shape)) == []
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-  r = subprocess.run(
-      [sys.executable, "-m", "jshear.train", "--config=configs/reference_125m.py:tiny",
-       f"--workdir={tmp_path / 'ref'}", f"--config.data.path={world['data']}",
-       f"--config.data.seq_len={tiny_world.SEQ}", f"--config.model.tokenizer={world['hf']}",
-       "--config.model.vocab_size=256", "--config.final_eval=False"],
-      capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
-  assert r.returncode == 0, r.stderr[-3000:]
+  from jshear.train.pipeline import run   # in this process: the config, not the CLI, is tested
+  cfg = reference_125m.get_config("tiny")
+  cfg.data.path, cfg.data.seq_len = world["data"], tiny_world.SEQ
+  cfg.model.tokenizer, cfg.model.vocab_size, cfg.final_eval = world["hf"], 256, False
+  run(cfg, str(tmp_path / "ref"))
   rec = score_mod.score(str(tmp_path / "ref" / "pretrained"), world["data"],
                         str(tmp_path / "s"), progress=False)
   assert rec["model"]["kind"] == "jshear"
