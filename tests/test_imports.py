@@ -21,7 +21,7 @@ LAYERS = (
     ("1", ("jshear.model", "jshear.kernels", "jshear.sharding", "jshear.optim",
            "jshear.checkpoint", "jshear.distributed")),
     ("2", ("jshear.prune", "jshear.data", "jshear.convert", "jshear.model_io")),
-    ("3", ("jshear.distill",)),
+    ("3", ("jshear.distill", "jshear.blockwise")),
     ("4", ("jshear.eval",)),
     ("5", ("jshear.assets",)),
     ("6", ("jshear.train",)),

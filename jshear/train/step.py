@@ -49,6 +49,9 @@ def init_state(params, optimizer, seed: int, prune=None, masks=None, groups=(WEI
   return state
 
 
+BATCH_KEYS = ("tokens", "segment_ids", "positions")
+
+
 @dataclasses.dataclass(frozen=True)
 class Inputs:
   """What a loss function gets besides the state and the micro-batch."""
@@ -101,9 +104,10 @@ def lm_kd_loss(cfg: ModelConfig, distill, compute_dtype=None):
 
 
 def build_step(optimizer: optax.GradientTransformation, loss, *, groups=(WEIGHTS,), addons=(),
-               grad_accum: int = 1, micro_sharding=None):
+               grad_accum: int = 1, micro_sharding=None, batch_keys=BATCH_KEYS):
   """Returns step(state, batch[, teachers]) -> (state, metrics). Batch: tokens,
-  segment_ids, positions [B, T] (other keys are ignored)."""
+  segment_ids, positions [B, T], plus the further `batch_keys` the loss reads (blockwise
+  distillation's recorded streams); other keys are ignored."""
   groups = tuple(groups)
   mask_addons = [a for a in addons if hasattr(a, "masks")]
   if len(mask_addons) > 1:
@@ -113,7 +117,7 @@ def build_step(optimizer: optax.GradientTransformation, loss, *, groups=(WEIGHTS
     step = state["step"]
     trainable = take(state, groups)
     mask_rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), 1)
-    batch = {k: batch[k] for k in ("tokens", "segment_ids", "positions") if k in batch}
+    batch = {k: batch[k] for k in batch_keys if k in batch}
     _, weights = token_targets(batch)
     total_tokens = jnp.maximum(jnp.sum(weights), 1.0)
     micro = split_micro(batch, grad_accum, micro_sharding)
