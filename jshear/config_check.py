@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any, Callable
 
 from jshear.errors import JShearError
@@ -232,6 +233,16 @@ CHECKS = tuple(Check(f"{b}.{c.path}", c.rule, c.why, c.when)
 )
 
 
+def occurrence_checks(cfg) -> tuple:
+  """The checks of a block's own per-occurrence copies in `cfg` (`pretrain_2` for the second
+  listing of pretrain): the same rules under the copy's name."""
+  names = [k for k in (cfg.keys() if hasattr(cfg, "keys") else ())
+           if re.fullmatch(r"(.+)_([2-9])", k) and k.rsplit("_", 1)[0] in cfg]
+  return tuple(Check(f"{n}{c.path[len(b):]}", c.rule, c.why)
+               for n in names for b in [n.rsplit("_", 1)[0]]
+               for c in CHECKS if c.path.startswith(b + ".") and c.when is None)
+
+
 # ---- lookup and the check ----------------------------------------------------------------
 
 def _has(node, key) -> bool:
@@ -297,6 +308,6 @@ def problems(cfg, checks=CHECKS) -> list[str]:
 
 def check(cfg) -> None:
   """Raises a JShearError naming every bad key (one line, `; `-separated)."""
-  bad = problems(cfg)
+  bad = problems(cfg, CHECKS + occurrence_checks(cfg))
   if bad:
     raise JShearError("; ".join(bad))

@@ -40,17 +40,17 @@ def teacher_items(cfg, has_source: bool) -> list[str]:
 
 
 def run(ctx, model: Model) -> Model:
-  cfg = ctx.cfg
+  cfg, stage = ctx.cfg, ctx.stage or STAGE
   src = source_mod.unpruned_source(ctx, model, needs_source(cfg)) if needs_source(cfg) else None
   setup = _distill_setup(ctx, model, src) if cfg.distill.enable else None
   reference = None
   if src is not None and cfg.continued.reweight_rule != "constant":
     reference = lambda: DomainEval(ctx, src.cfg, eval_domains(ctx.data_dir),
                                    cfg.continued.batch_size, cfg.continued.eval_batches)(src.params)
-  state, _ = train_stage(ctx, STAGE, model.cfg, model.params, distill=setup,
+  state, _ = train_stage(ctx, stage, model.cfg, model.params, distill=setup,
                          reference=reference)
   setup = None
-  save_dir(os.path.join(ctx.workdir, STAGE.output), model, state["params"], model.origin)
+  save_dir(os.path.join(ctx.workdir, stage.output), model, state["params"], model.origin)
   return Model(model.cfg, gather_params(state["params"]), model.tokenizer, model.origin)
 
 
@@ -86,4 +86,4 @@ def _distill_setup(ctx, student: Model, src: Model | None):
 DISTILL_SEED_OFFSET = 5  # the teacher draw (several teachers); no stage uses it
 STAGE = Stage("continue", run, block="continued", depends_on=("distill",),
               trains=lambda cfg: True, seed_offset=3, stream_from=prune_stage.STAGE,
-              output="continued")
+              output="continued", repeats=True)
