@@ -45,6 +45,7 @@ FAMILIES = ("llama", "parallel")                                    # model.fami
 COMPUTE_DTYPES = ("", "float32", "bfloat16", "float16")             # model.compute_dtype
 PARAM_DTYPES = ("float32", "bfloat16", "float16")                   # model.param_dtype
 EXPORT_DTYPES = ("", "float32", "bfloat16", "float16")              # export.dtype ("": keep)
+GROW_OPERATORS = ("stack", "interleave", "zero", "random")          # grow.operator
 
 TRAIN_BLOCKS = ("prune", "continued", "pretrain")
 
@@ -230,6 +231,11 @@ CHECKS = tuple(Check(f"{b}.{c.path}", c.rule, c.why, c.when)
     Check("distill.hidden_weight", at_least(0)),
     # export
     Check("export.dtype", one_of(EXPORT_DTYPES), '"" keeps the params\' dtype'),
+    # growth (whether factor or target_layers fits the source's depth: the grow stage's
+    # validate, which knows the source)
+    Check("grow.operator", one_of(GROW_OPERATORS)),
+    Check("grow.factor", count(0), "0: from grow.target_layers"),
+    Check("grow.target_layers", count(0), "0: from grow.factor"),
 )
 
 

@@ -5,8 +5,9 @@
   finalize  the masks folded and sliced -> WORKDIR/pruned/ (jshear model dir + origin.json)
   continue  continued pretraining with dynamic batch loading -> WORKDIR/continued/
   export    the latest model -> WORKDIR/hf/ (a plain Hugging Face directory)
+  grow      Gstack depth growth -> WORKDIR/grown/
 
-A stage that `repeats` may be listed again (pretrain,continue,pretrain): its second listing is
+A stage that `repeats` may be listed again (pretrain,grow,pretrain): its second listing is
 `pretrain_2` (WORKDIR/pretrain_2/, WORKDIR/pretrained_2/, its own seed and DONE key; block
 `pretrain_2` when the config has one, else `pretrain`), trains the model handed to it with
 a fresh optimizer and schedule, and continues the first listing's data stream.
@@ -223,7 +224,10 @@ def _start_model(cfg, stages) -> tuple[Model, str | None]:
     mcfg = ModelConfig(**{k: cfg.model[k] for k in SHAPE_KEYS + (
         "attention_impl", "remat", "scan_layers")})
     return Model(mcfg, None, cfg.model.tokenizer or None), None
-  path = cfg.init_from or resolve_source(cfg.model.source)
+  # A run that begins by growing grow.source starts from it.
+  first_grows = stages[0] == "grow" and cfg.grow.source
+  path = cfg.init_from or (cfg.grow.source if first_grows else "") or resolve_source(
+      cfg.model.source)
   if cfg.init_from and not os.path.isdir(path):
     raise JShearError(f"config.init_from {path!r} is not a directory")
   return load_any(path, cfg), path

@@ -8,9 +8,11 @@ here. A row that `repeats` may be listed again: `occurrences` names each later l
 from __future__ import annotations
 
 from jshear.errors import JShearError
-from jshear.train.stages import continued, export, finalize, pretrain, prune
+from jshear.train.stages import continued, export, finalize, grow, pretrain, prune
 
-STAGES = (pretrain.STAGE, prune.STAGE, finalize.STAGE, continued.STAGE, export.STAGE)
+# grow is last so that adding it left the DONE keys of the older rows as they were.
+STAGES = (pretrain.STAGE, prune.STAGE, finalize.STAGE, continued.STAGE, export.STAGE,
+          grow.STAGE)
 MAX_OCCURRENCES = 9  # occurrence k's seed offset is + 100 (k - 1): below the next seed's
 
 
