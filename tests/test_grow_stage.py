@@ -220,17 +220,24 @@ def parallel_hf(tmp_path_factory):
 
 
 @pytest.mark.parametrize("family", ["llama", "parallel"])
-def test_zero_growth_keeps_the_logits(world, parallel_hf, tmp_path, family):
+def test_zero_growth_keeps_the_logits_and_exports(world, parallel_hf, tmp_path, family):
   src_dir = world["hf"] if family == "llama" else parallel_hf
-  run(_grow_only(world, src_dir, target_layers=6 if family == "parallel" else 8,
-                 operator="zero"), str(tmp_path / "w"))
+  cfg = _grow_only(world, src_dir, target_layers=6 if family == "parallel" else 8,
+                   operator="zero")
+  cfg.stages = "grow,export"
+  run(cfg, str(tmp_path / "w"))
   from jshear.convert.hf_import import read_model
   scfg, src = read_model(src_dir)
   gcfg, grown = _layers(str(tmp_path / "w" / "grown"))
   assert gcfg.family == family and gcfg.num_layers == (8 if family == "llama" else 6)
   tokens = np.arange(20, dtype=np.int32).reshape(2, 10) * 7 % 250
-  np.testing.assert_allclose(forward(grown, tokens, cfg=gcfg), forward(src, tokens, cfg=scfg),
-                             atol=1e-5, rtol=0)
+  want = np.asarray(forward(src, tokens, cfg=scfg))
+  np.testing.assert_allclose(forward(grown, tokens, cfg=gcfg), want, atol=1e-5, rtol=0)
+  hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "w" / "hf"))
+  assert hf.config.num_hidden_layers == gcfg.num_layers
+  with torch.no_grad():
+    got = hf(torch.tensor(tokens, dtype=torch.long)).logits.numpy()
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
 
 # ---- refusals ---------------------------------------------------------------------------
