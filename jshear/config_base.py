@@ -1,8 +1,10 @@
 """Defaults every run config starts from; config files override what differs.
 
-A run lists `stages` (any of prune, finalize, continue, export, pretrain) that run in order
-and resume wherever they stopped. Each training stage has its own block (prune, continued,
-pretrain) with the same fields, so stages differ by config, not by code.
+A run lists `stages` (any of prune, finalize, continue, export, pretrain, grow) that run in
+order and resume wherever they stopped. Each training stage has its own block (prune,
+continued, pretrain) with the same fields, so stages differ by config, not by code. A stage
+listed again (pretrain,grow,pretrain) reads block `NAME_2` for its second listing when the
+config has one (keys it lacks come from NAME), else NAME (docs/growth.md).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import math
 
 import ml_collections as mlc
 
-STAGES = ("pretrain", "prune", "finalize", "continue", "export")
+STAGES = ("pretrain", "prune", "finalize", "continue", "export", "grow")
 
 
 def train_block(**overrides) -> mlc.ConfigDict:
@@ -50,6 +52,16 @@ def train_block(**overrides) -> mlc.ConfigDict:
   c.upsample_last_fraction = 0.0      # domain upsampling in the last X of steps
   c.upsample_factors = mlc.ConfigDict()
   c.update(overrides)
+  return c
+
+
+def grow_block() -> mlc.ConfigDict:
+  """The grow stage (Gstack depth growth, jshear/train/stages/grow.py; docs/growth.md)."""
+  c = mlc.ConfigDict()
+  c.factor = 0                  # g: the grown model has g x the source's layers (paper: 4)
+  c.target_layers = 0           # or the grown depth, a multiple of the source's (set one)
+  c.operator = "stack"          # stack | interleave | zero | random (jshear/model/grow.py)
+  c.source = ""                 # a trained jshear or HF model dir; "": the previous stage's
   return c
 
 
@@ -180,6 +192,7 @@ def base_config() -> mlc.ConfigDict:
                                 # or student:teacher pairs "3:5,7:11"; "" = logits only
   c.distill.hidden_weight = 1.0
   c.export = mlc.ConfigDict({"dtype": ""})  # "" keeps the params' dtype
+  c.grow = grow_block()
   return c
 
 

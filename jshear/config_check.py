@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any, Callable
 
 from jshear.errors import JShearError
@@ -44,6 +45,7 @@ FAMILIES = ("llama", "parallel")                                    # model.fami
 COMPUTE_DTYPES = ("", "float32", "bfloat16", "float16")             # model.compute_dtype
 PARAM_DTYPES = ("float32", "bfloat16", "float16")                   # model.param_dtype
 EXPORT_DTYPES = ("", "float32", "bfloat16", "float16")              # export.dtype ("": keep)
+GROW_OPERATORS = ("stack", "interleave", "zero", "random")          # grow.operator
 
 TRAIN_BLOCKS = ("prune", "continued", "pretrain")
 
@@ -229,7 +231,22 @@ CHECKS = tuple(Check(f"{b}.{c.path}", c.rule, c.why, c.when)
     Check("distill.hidden_weight", at_least(0)),
     # export
     Check("export.dtype", one_of(EXPORT_DTYPES), '"" keeps the params\' dtype'),
+    # growth (whether factor or target_layers fits the source's depth: the grow stage's
+    # validate, which knows the source)
+    Check("grow.operator", one_of(GROW_OPERATORS)),
+    Check("grow.factor", count(0), "0: from grow.target_layers"),
+    Check("grow.target_layers", count(0), "0: from grow.factor"),
 )
+
+
+def occurrence_checks(cfg) -> tuple:
+  """The checks of a block's own per-occurrence copies in `cfg` (`pretrain_2` for the second
+  listing of pretrain): the same rules under the copy's name."""
+  names = [k for k in (cfg.keys() if hasattr(cfg, "keys") else ())
+           if re.fullmatch(r"(.+)_([2-9])", k) and k.rsplit("_", 1)[0] in cfg]
+  return tuple(Check(f"{n}{c.path[len(b):]}", c.rule, c.why)
+               for n in names for b in [n.rsplit("_", 1)[0]]
+               for c in CHECKS if c.path.startswith(b + ".") and c.when is None)
 
 
 # ---- lookup and the check ----------------------------------------------------------------
@@ -297,6 +314,6 @@ def problems(cfg, checks=CHECKS) -> list[str]:
 
 def check(cfg) -> None:
   """Raises a JShearError naming every bad key (one line, `; `-separated)."""
-  bad = problems(cfg)
+  bad = problems(cfg, CHECKS + occurrence_checks(cfg))
   if bad:
     raise JShearError("; ".join(bad))

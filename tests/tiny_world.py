@@ -107,3 +107,38 @@ def write_prune_config(world, path, hf=None) -> str:
     f.write(_PRUNE_CONFIG_FILE.format(tests=os.path.dirname(os.path.abspath(__file__)),
                                       hf=hf or world["hf"], data=world["data"]))
   return path
+
+
+def grow_config(world, factor=2):
+  """pretrain (2 layers, 4 steps) -> grow (stack x `factor`) -> pretrain again (block
+  `pretrain_2`: 12 steps at a lower lr) -> export, on the tiny world's tokenizer and data."""
+  import ml_collections as mlc
+  c = config(world)
+  c.stages = "pretrain,grow,pretrain,export"
+  c.model.source, c.final_eval, c.model.remat = "", False, "none"
+  c.model.update(vocab_size=256, hidden_size=32, intermediate_size=48, num_layers=2,
+                 num_heads=4, num_kv_heads=2, head_dim=8, tokenizer=world["hf"])
+  t = c.pretrain
+  t.steps, t.batch_size, t.warmup_steps, t.lr = 4, 8, 1, 3e-3
+  t.log_every, t.eval_every, t.ckpt_every = 1, 0, 4
+  c.grow.factor = factor
+  c.pretrain_2 = mlc.ConfigDict({"steps": 12, "lr": 1e-3, "warmup_steps": 2, "ckpt_every": 3})
+  return c
+
+
+_GROW_CONFIG_FILE = """
+import sys
+sys.path.insert(0, {tests!r})
+import tiny_world
+def get_config():
+  return tiny_world.grow_config({{"hf": {hf!r}, "data": {data!r}}})
+"""
+
+
+def write_grow_config(world, path) -> str:
+  """grow_config as a config file for `python -m jshear.train --config=PATH`."""
+  path = str(path)
+  with open(path, "w") as f:
+    f.write(_GROW_CONFIG_FILE.format(tests=os.path.dirname(os.path.abspath(__file__)),
+                                     hf=world["hf"], data=world["data"]))
+  return path

@@ -23,13 +23,13 @@ import math
 import warnings
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 
+from jshear.config_check import GROW_OPERATORS as OPERATORS
 from jshear.errors import JShearError
 from jshear.model.config import ModelConfig
 from jshear.model.params import init_params
 
-OPERATORS = ("stack", "interleave", "zero", "random")
 # The projections that write into the residual stream: zero them and a block adds nothing.
 OUTPUT_PROJECTIONS = {"llama": ("wo", "w_down"), "parallel": ("w_out",)}
 
@@ -63,22 +63,24 @@ def growth_factor(source_layers: int, factor: int = 0, target_layers: int = 0) -
 
 def grow(cfg: ModelConfig, params: dict, factor: int, operator: str = "stack",
          rng=None, std: float = 0.02) -> tuple[ModelConfig, dict]:
-  """(grown config, grown params). rng (a jax key) draws the new layers of zero/random."""
+  """(grown config, grown params). rng (a jax key) draws the new layers of zero/random. The
+  grown layers are host (numpy) arrays, so growing never needs the grown model on a device."""
   order = grown_layers(cfg.num_layers, factor, operator)
   new_cfg = dataclasses.replace(cfg, num_layers=len(order))
   fresh = None
   if any(i is None for i in order):
     if rng is None:
       raise ValueError(f"grow(operator={operator!r}) needs an rng for its new layers")
-    fresh = init_params(new_cfg, rng, std=std)["layers"]
-    fresh = jax.tree.map(lambda x, p: x.astype(p.dtype), fresh, params["layers"])
+    # one compiled init, not one compile per weight shape; then host arrays
+    fresh = jax.device_get(jax.jit(lambda key: init_params(new_cfg, key, std=std)["layers"])(rng))
+    fresh = jax.tree.map(lambda x, p: np.asarray(x, p.dtype), fresh, params["layers"])
     if operator == "zero":
-      fresh = {k: (jnp.zeros_like(v) if k in OUTPUT_PROJECTIONS[cfg.family] else v)
+      fresh = {k: (np.zeros_like(v) if k in OUTPUT_PROJECTIONS[cfg.family] else v)
                for k, v in fresh.items()}
 
   def layer(name, src):
-    rows = [src[i] if i is not None else fresh[name][k] for k, i in enumerate(order)]
-    return jnp.stack(rows)  # a new array: no copy shares memory with another
+    rows = [np.asarray(src[i]) if i is not None else fresh[name][k] for k, i in enumerate(order)]
+    return np.stack(rows)  # on the host, a new array: no copy shares memory with another
 
   out = {k: v for k, v in params.items() if k != "layers"}
   out["layers"] = {name: layer(name, src) for name, src in params["layers"].items()}

@@ -6,7 +6,8 @@ they can go, except for two readers that outlive their stage:
   - finalize restores the pruning stage's trained weights, so the pruning checkpoints go
     only when finalize is done too;
   - with data.stream=shared the continue stage starts where the pruning stage's stream
-    stopped, so that position is kept in WORKDIR/prune/stream_end.json.
+    stopped, and a later listing of a stage (pretrain after grow) where its earlier one's
+    stopped, so every dropped stage keeps that position in WORKDIR/<stage>/stream_end.json.
 """
 
 from __future__ import annotations
@@ -36,13 +37,14 @@ def drop(workdir: str, stages, is_done) -> list[str]:
     readers = [s.name for s in stage_table.STAGES if stage in s.reads_checkpoints]
     if not os.path.isdir(ck) or not is_done(stage) or not all(is_done(r) for r in readers):
       continue
-    if stage == "prune":
-      c = Checkpointer(ck)
-      try:
-        if c.latest_step() is not None:
-          write_json_atomic(stream_end_path(workdir), c.read_extra()["loader"])
-      finally:
-        c.close()
+    # Where its stream stopped, for a stage that continues it later (a re-run continue
+    # with data.stream=shared; a later listing of this stage).
+    c = Checkpointer(ck)
+    try:
+      if c.latest_step() is not None:
+        write_json_atomic(stream_end_path(workdir, stage), c.read_extra()["loader"])
+    finally:
+      c.close()
     distributed.barrier(f"drop-{stage}")  # every process has read before process 0 deletes
     if jax.process_index() == 0:
       shutil.rmtree(ck)

@@ -127,43 +127,57 @@ def data_stream(cfg) -> str:
 
 
 def data_seed(cfg, stage) -> int:
-  """The seed of `stage`'s data stream: its own, or with data.stream=shared the stream of
-  the stage it continues (`Stage.stream_from`: continue draws the pruning stage's)."""
+  """The seed of `stage`'s data stream: a later listing of a stage (`Stage.previous`, e.g.
+  pretrain after grow) draws its earlier listing's; with data.stream=shared a stage draws
+  the stream of the stage it continues (`Stage.stream_from`: continue the pruning stage's);
+  else its own."""
+  if stage.previous is not None:
+    return data_seed(cfg, stage.previous)
   if data_stream(cfg) == "shared" and stage.stream_from is not None:
     return stage.stream_from.seed(cfg)
   return stage.seed(cfg)
 
 
-def stream_end_path(workdir: str) -> str:
-  """Where `drop_checkpoints` keeps the pruning stage's final loader state."""
-  return os.path.join(workdir, "prune", "stream_end.json")
+def stream_end_path(workdir: str, stage: str = "prune") -> str:
+  """Where `drop_checkpoints` keeps a stage's final loader state."""
+  return os.path.join(workdir, stage, "stream_end.json")
 
 
-def _read_stream_end(workdir: str) -> dict | None:
-  path = stream_end_path(workdir)
+def _read_stream_end(workdir: str, stage: str) -> dict | None:
+  path = stream_end_path(workdir, stage)
   if not os.path.exists(path):
     return None
   with open(path) as f:
     return json.load(f)
 
 
+def _stream_source(ctx: Context, stage):
+  """The stage whose stream `stage` picks up where it stopped (None: it starts its own):
+  its earlier listing (as Gstack continues the data after growth), or with
+  data.stream=shared `stage.stream_from` when that trained (the pruning stage)."""
+  if stage.previous is not None:
+    return stage.previous
+  if data_stream(ctx.cfg) == "shared" and stage.stream_from is not None and ctx.prune_trains:
+    return stage.stream_from
+  return None
+
+
 def _shared_stream_start(ctx: Context, stage):
-  """With data.stream=shared, the loader state `stage` picks up: where this workdir's
-  `stage.stream_from` (the pruning stage) stopped (None: the stream's start)."""
-  if data_stream(ctx.cfg) != "shared" or stage.stream_from is None:
+  """The loader state `stage` picks up: where this workdir's `_stream_source` stopped
+  (None: the stream's start)."""
+  src = _stream_source(ctx, stage)
+  if src is None:
     return None
-  if not ctx.prune_trains:
-    return None
-  ck = os.path.join(ctx.workdir, stage.stream_from.name, "checkpoints")
+  ck = os.path.join(ctx.workdir, src.name, "checkpoints")
   c = Checkpointer(ck) if os.path.isdir(ck) else None
   try:
     if c is None or c.latest_step() is None:
-      kept = _read_stream_end(ctx.workdir)  # the checkpoints went with drop_checkpoints
+      kept = _read_stream_end(ctx.workdir, src.name)  # checkpoints gone: drop_checkpoints
       if kept is not None:
         return kept
-      _log.warning("data.stream=shared: no pruning-stage checkpoint in %s, so the continue "
-                   "stage starts the stream at its beginning (rows a pruning run elsewhere "
-                   "trained on may come again)", ctx.workdir)
+      _log.warning("%s: no %s checkpoint in %s, so the stage starts the data stream at its "
+                   "beginning (rows trained on elsewhere may come again)", stage.name,
+                   src.name, ctx.workdir)
       return None
     return c.read_extra()["loader"]
   finally:
@@ -264,8 +278,8 @@ def train_stage(ctx: Context, stage, model_cfg: ModelConfig, params_host,
     carried = _shared_stream_start(ctx, stage)
     if carried is not None:
       loader.continue_stream(carried)
-      _log.info("%s: data stream picked up at step %d of the pruning stage's", name,
-                int(carried["step"]))
+      _log.info("%s: data stream picked up at step %d of %s's", name, int(carried["step"]),
+                _stream_source(ctx, stage).name)
   params_host = None
   teachers = ()
   if distill is not None:

@@ -5,6 +5,12 @@
   finalize  the masks folded and sliced -> WORKDIR/pruned/ (jshear model dir + origin.json)
   continue  continued pretraining with dynamic batch loading -> WORKDIR/continued/
   export    the latest model -> WORKDIR/hf/ (a plain Hugging Face directory)
+  grow      Gstack depth growth -> WORKDIR/grown/
+
+A stage that `repeats` may be listed again (pretrain,grow,pretrain): its second listing is
+`pretrain_2` (WORKDIR/pretrain_2/, WORKDIR/pretrained_2/, its own seed and DONE key; block
+`pretrain_2` when the config has one, else `pretrain`), trains the model handed to it with
+a fresh optimizer and schedule, and continues the first listing's data stream.
 
 The pipeline resolves the starting model, validates everything before it writes anything,
 then loops over the stage table (jshear/train/stages/) keeping DONE markers, and writes the
@@ -14,6 +20,7 @@ and so does every stage after it.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -54,13 +61,23 @@ def parse_stages(text) -> list[str]:
 
 def with_stage_blocks(cfg):
   """`cfg` with the block of every listed stage that declares defaults but is missing
-  (a stage added after the config file was written)."""
-  missing = [st for st in (stage_table.get(n) for n in parse_stages(cfg.stages))
+  (a stage added after the config file was written), and every later listing's own block
+  (`pretrain_2`) completed with the keys it lacks from its first listing's."""
+  listed = stage_table.occurrences(parse_stages(cfg.stages), cfg)
+  missing = [st for st in listed
              if st.block and st.defaults is not None and st.block not in cfg]
   if missing:
     with cfg.unlocked():
       for st in missing:
         cfg[st.block] = st.defaults()
+  for st in listed:
+    own, base = cfg.get(st.block), cfg.get(st.first.block)
+    if st.previous is None or st.block == st.first.block or base is None:
+      continue
+    with own.unlocked():
+      for k in base:
+        if k not in own:
+          own[k] = copy.deepcopy(base[k])
   return cfg
 
 
@@ -149,13 +166,20 @@ def check_workdir_config(cfg, workdir: str) -> None:
                       "another --workdir or pass --config.overwrite=True")
 
 
-def _stage_key(cfg, stage: str) -> str:
-  """Hash of the config a stage's result depends on (its own and earlier stages' blocks)."""
+def _stage_key(cfg, stage, listed) -> str:
+  """Hash of the config a stage's result depends on: all of it but the blocks of the
+  stages listed after it and of table rows after its own that have not run before it.
+  `stage`: a Stage of `listed` (the run's listings, in order)."""
   d = json.loads(cfg.to_json_best_effort())
+  at = [s.name for s in listed].index(stage.name)
+  before = {s.first.name for s in listed[:at]}
   order = stage_table.names()
-  later = order[order.index(stage) + 1:]
+  later = {n for n in order[order.index(stage.first.name) + 1:] if n not in before}
+  later |= {s.first.name for s in listed[at + 1:]} - before - {stage.first.name}
+  blocks = sum((stage_table.get(n).blocks for n in sorted(later)), ())
+  blocks += tuple(s.block for s in listed[at + 1:] if s.block != s.first.block)
   final = ("final_eval", "final_eval_rows")
-  for k in _RESUMABLE_KEYS + final + sum((stage_table.get(s).blocks for s in later), ()):
+  for k in _RESUMABLE_KEYS + final + blocks:
     d.pop(k, None)
   return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -168,27 +192,28 @@ def _marker(workdir, stage, name):
     return json.load(f)
 
 
-def _is_done(cfg, workdir, stage) -> bool:
-  done = _marker(workdir, stage, "DONE")
-  return done is not None and done.get("config", _stage_key(cfg, stage)) == _stage_key(cfg, stage)
+def _is_done(cfg, workdir, stage, listed) -> bool:
+  done = _marker(workdir, stage.name, "DONE")
+  key = _stage_key(cfg, stage, listed)
+  return done is not None and done.get("config", key) == key
 
 
-def _start_stage(cfg, workdir, stage) -> None:
+def _start_stage(cfg, workdir, stage, listed) -> None:
   """Clears what an earlier config left of this stage, then records this config's key."""
-  key = _stage_key(cfg, stage)
-  seen = _marker(workdir, stage, "DONE") or _marker(workdir, stage, "STARTED")
+  key = _stage_key(cfg, stage, listed)
+  seen = _marker(workdir, stage.name, "DONE") or _marker(workdir, stage.name, "STARTED")
   if seen is not None and seen.get("config", key) != key and jax.process_index() == 0:
-    _log.info("stage %s ran with another config; starting it again", stage)
-    shutil.rmtree(os.path.join(workdir, stage), ignore_errors=True)
-    for extra in stage_table.get(stage).also_writes:
+    _log.info("stage %s ran with another config; starting it again", stage.name)
+    shutil.rmtree(os.path.join(workdir, stage.name), ignore_errors=True)
+    for extra in stage.also_writes:
       shutil.rmtree(os.path.join(workdir, extra), ignore_errors=True)
-  distributed.barrier(f"start-{stage}")
-  write_json_atomic(os.path.join(workdir, stage, "STARTED"), {"config": key})
+  distributed.barrier(f"start-{stage.name}")
+  write_json_atomic(os.path.join(workdir, stage.name, "STARTED"), {"config": key})
 
 
-def _mark_done(cfg, workdir, stage, model: Model):
-  write_json_atomic(os.path.join(workdir, stage, "DONE"), {
-      "config": _stage_key(cfg, stage),
+def _mark_done(cfg, workdir, stage, listed, model: Model):
+  write_json_atomic(os.path.join(workdir, stage.name, "DONE"), {
+      "config": _stage_key(cfg, stage, listed),
       "params": count_params(model.params) if model.params is not None else None})
 
 
@@ -199,18 +224,20 @@ def _start_model(cfg, stages) -> tuple[Model, str | None]:
     mcfg = ModelConfig(**{k: cfg.model[k] for k in SHAPE_KEYS + (
         "attention_impl", "remat", "scan_layers")})
     return Model(mcfg, None, cfg.model.tokenizer or None), None
-  path = cfg.init_from or resolve_source(cfg.model.source)
+  # A run that begins by growing grow.source starts from it.
+  first_grows = stages[0] == "grow" and cfg.grow.source
+  path = cfg.init_from or (cfg.grow.source if first_grows else "") or resolve_source(
+      cfg.model.source)
   if cfg.init_from and not os.path.isdir(path):
     raise JShearError(f"config.init_from {path!r} is not a directory")
   return load_any(path, cfg), path
 
 
-def _validate_stages(cfg, mesh, stages, model: Model, spec) -> None:
+def _validate_stages(cfg, mesh, listed, model: Model, spec) -> None:
   """Each listed stage's own checks and, for stages that may train, the batch layout, on
   the model shape it starts from (earlier stages' `shape` applied in order)."""
   mcfg = model.cfg
-  for name in stages:
-    stage = stage_table.get(name)
+  for stage in listed:
     stage.validate(cfg, mcfg, spec)
     if stage.trains is not None:
       block = cfg[stage.block]
@@ -241,7 +268,8 @@ def prepare(cfg, workdir: str, stages, mesh) -> tuple[RunContext, Model]:
   data_stream(cfg)
   model, path = _start_model(cfg, stages)
   spec = prune_spec(cfg, model.cfg) if "prune" in stages or "finalize" in stages else None
-  _validate_stages(cfg, mesh, stages, model, spec)
+  listed = stage_table.occurrences(stages, cfg)
+  _validate_stages(cfg, mesh, listed, model, spec)
   data_dir = None
   if any(stage_table.get(s).trains is not None for s in stages):
     data_dir = resolve_data(cfg, model.tokenizer)
@@ -260,7 +288,7 @@ def prepare(cfg, workdir: str, stages, mesh) -> tuple[RunContext, Model]:
   check_workdir_config(cfg, workdir)
   ctx = RunContext(cfg=cfg, workdir=workdir, mesh=mesh, writer=None, data_dir=data_dir,
                    prune_trains=trains_in_prune(cfg),
-                   stages=tuple(stages), spec=spec, source=source)
+                   stages=listed, spec=spec, source=source)
   if "continue" in stages and source is None and model.params is not None:
     from jshear.train.stages.continued import needs_source
     why = needs_source(cfg)
@@ -294,17 +322,19 @@ def run(cfg, workdir: str) -> dict:
 def _run_stages(ctx: RunContext, model: Model) -> dict:
   cfg, workdir = ctx.cfg, ctx.workdir
   ctx.out["source_params"] = count_params(model.params) if model.params is not None else None
-  for name in ctx.stages:
-    stage = stage_table.get(name)
-    if _is_done(cfg, workdir, name):
-      _log.info("stage %s already done; skipping", name)
+  listed = ctx.stages
+  for stage in listed:
+    if _is_done(cfg, workdir, stage, listed):
+      _log.info("stage %s already done; skipping", stage.name)
       if stage.output:
         model = load_any(os.path.join(workdir, stage.output), cfg)
       continue
-    _start_stage(cfg, workdir, name)
+    _start_stage(cfg, workdir, stage, listed)
+    ctx.stage = stage
     model = stage.run(ctx, model)
-    _mark_done(cfg, workdir, name, model)
-  out = {"workdir": workdir, "stages": list(ctx.stages), **ctx.out}
+    ctx.stage = None
+    _mark_done(cfg, workdir, stage, listed, model)
+  out = {"workdir": workdir, "stages": [s.name for s in listed], **ctx.out}
   out["final_params"] = count_params(model.params) if model.params is not None else None
   out["final_config"] = json.loads(model.cfg.to_json())
   if ctx.data_dir and cfg.final_eval and model.params is not None:
@@ -314,7 +344,10 @@ def _run_stages(ctx: RunContext, model: Model) -> dict:
   write_json_atomic(os.path.join(workdir, "summary.json"), out)
   if cfg.drop_checkpoints:
     from jshear.train import cleanup
-    cleanup.drop(workdir, stage_table.names(), lambda s: _is_done(cfg, workdir, s))
+    # a stage an earlier run on this workdir listed counts too, keyed as if listed alone
+    by_name = {**{s.name: (s, (s,)) for s in stage_table.STAGES},
+               **{s.name: (s, listed) for s in listed}}
+    cleanup.drop(workdir, list(by_name), lambda s: _is_done(cfg, workdir, *by_name[s]))
   return out
 
 

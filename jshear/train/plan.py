@@ -6,7 +6,8 @@
 The source's shape comes from `--source_shape`, else `model.source` (an HF or jshear model
 dir's config; "smollm2" is known by name), else the config's `model.source_shape`; a
 `pretrain` stage plans the config's own `model.*` shape. `--stage` defaults to the
-config's first training stage.
+config's first training stage; a later listing is named as the run names it (`pretrain_2`
+in pretrain,grow,pretrain) and plans the shape the stages before it leave (the grown one).
 
 No weights are loaded and nothing is allocated: fake CPU devices stand in for the cluster,
 `jax.jit(step).lower(...).compile().memory_analysis()` reports per-device bytes. CPU XLA
@@ -48,6 +49,26 @@ def _training_stages() -> tuple:
   return tuple(s.name for s in stages.training_stages())
 
 
+def _listed(cfg) -> tuple:
+  """The Stage of each listing in cfg.stages (later listings: `pretrain_2`, ...)."""
+  from jshear.train import stages
+  from jshear.train.pipeline import parse_stages, with_stage_blocks
+  return stages.occurrences(parse_stages(with_stage_blocks(cfg).stages), cfg)
+
+
+def _stage(cfg, name: str):
+  """The Stage `name` plans: a listing of cfg.stages, else the table row."""
+  from jshear.train import stages
+  return next((s for s in _listed(cfg) if s.name == name), None) or stages.get(name)
+
+
+def plannable(cfg) -> tuple:
+  """Names --stage accepts: the table's training stages and the config's later listings."""
+  later = tuple(s.name for s in _listed(cfg)
+                if s.previous is not None and s.first.name in _training_stages())
+  return _training_stages() + later
+
+
 def default_stage(cfg) -> str:
   """The config's first training stage (a pretrain-only config plans pretrain)."""
   stages = [s.strip() for s in cfg.stages.split(",")]
@@ -76,7 +97,9 @@ def source_config(cfg, stage: str, source_shape: str = ""):
   """The model shape the planned stage starts from; no weights are read."""
   from jshear.errors import JShearError
   from jshear.model.config import SHAPE_KEYS, ModelConfig
-  if stage == "pretrain":
+  listed = [s.name for s in _listed(cfg)]
+  from_scratch = listed[0] == "pretrain" and stage in listed  # the run begins by pretraining
+  if stage == "pretrain" or from_scratch:
     mcfg = ModelConfig(**{k: cfg.model[k] for k in SHAPE_KEYS})
   elif source_shape:
     mcfg = _named_shape(source_shape, "--source_shape")
@@ -149,17 +172,16 @@ def stage_plan(cfg, stage: str, mcfg, mesh):
   from jshear.train.context import Context
   from jshear.train.pipeline import prune_spec, trains_in_prune
 
-  st = stage_table.get(stage)
+  st = _stage(cfg, stage)
   block = cfg[st.block]
   src = mcfg
   # A later stage plans the pruned shape when the config names a target (else the shape
   # given, e.g. an already pruned model dir).
   pruning = stage == "prune" or ("prune" in cfg.stages.split(",")
                                  and bool(cfg.prune.target.num_layers))
-  spec = prune_spec(cfg, mcfg) if pruning and stage != "pretrain" else None
-  for before in stage_table.STAGES[:stage_table.names().index(stage)]:
-    if before.name in cfg.stages.split(","):  # the shape this stage starts from
-      mcfg = before.shape(cfg, mcfg, spec)
+  spec = prune_spec(cfg, mcfg) if pruning and st.first.name != "pretrain" else None
+  for before in _stages_before(cfg, st):  # the shape this stage starts from
+    mcfg = before.shape(cfg, mcfg, spec)
   prune, mask_groups = None, None
   if stage == "prune":
     if not trains_in_prune(cfg):
@@ -171,11 +193,23 @@ def stage_plan(cfg, stage: str, mcfg, mesh):
       mask_groups = spec.groups  # iterative: fixed masks in the state
   shd_check(mesh, block, mcfg, st.block)
   distiller = None
-  if stage == "continue" and cfg.distill.enable:
+  if st.first.name == "continue" and cfg.distill.enable:
     distiller = _distiller(cfg, mcfg, src)
   ctx = Context(cfg=cfg, workdir="", mesh=mesh, writer=None, data_dir="",
                 prune_trains=trains_in_prune(cfg) if pruning else False)
   return stage_step(ctx, st, mcfg, prune, mask_groups, distiller=distiller), block, mcfg
+
+
+def _stages_before(cfg, st) -> list:
+  """The stages that run before `st`: those listed before it, or (`st` not listed) the
+  listed ones whose table row comes before its row."""
+  from jshear.train import stages as stage_table
+  listed = list(_listed(cfg))
+  names = [s.name for s in listed]
+  if st.name in names:
+    return listed[:names.index(st.name)]
+  order = stage_table.names()
+  return [s for s in listed if order.index(s.first.name) < order.index(st.first.name)]
 
 
 def shd_check(mesh, block, mcfg, name):
@@ -266,9 +300,9 @@ def main(argv=None) -> int:
   try:
     cfg = load_config(args.config, args.set)
     stage = args.stage or default_stage(cfg)
-    if stage not in _training_stages():
+    if stage not in plannable(cfg):
       raise JShearError(f"--stage={stage!r} is not a training stage (training stages: "
-                        f"{', '.join(_training_stages())})")
+                        f"{', '.join(plannable(cfg))})")
     mcfg = source_config(cfg, stage, args.source_shape)
     mesh_sizes = _parse_mesh(args.mesh) if args.mesh else dict(cfg.mesh.ici)
     mesh = shd.make_mesh(mesh_sizes)

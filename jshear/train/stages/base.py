@@ -7,6 +7,7 @@ row in the table (`jshear/train/stages/__init__.py`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Callable, Optional
 
@@ -36,7 +37,9 @@ class Stage:
     this stage is done).
   shape(cfg, model_cfg, spec) -> the model config after the stage.
   validate(cfg, model_cfg, spec): config checks that fail before anything is written, with
-    the model config the stage will start from."""
+    the model config the stage will start from.
+  repeats: whether config.stages may list it more than once (`occurrence`).
+  previous: on a later occurrence, the one before it (None on the first)."""
   name: str
   run: Callable
   block: str = ""
@@ -50,6 +53,31 @@ class Stage:
   reads_checkpoints: tuple = ()
   shape: Callable = _same_shape
   validate: Callable = _no_checks
+  repeats: bool = False
+  previous: Optional["Stage"] = None
+
+  @property
+  def first(self) -> "Stage":
+    """The stage's first occurrence (its row in the stage table)."""
+    return self if self.previous is None else self.previous.first
+
+  def occurrence(self, k: int, cfg) -> "Stage":
+    """The k-th listing (k >= 2) of this table row in config.stages: named `NAME_k` for its
+    workdir dir, checkpoints, DONE key and metrics; seed offset + 100 (k - 1); output dir
+    `OUTPUT_k`. Its config block is `BLOCK_k` when the config has one (keys it lacks come
+    from BLOCK, pipeline.with_stage_blocks), else BLOCK. `self`: occurrence k - 1."""
+    first = self.first
+    block = first.block
+    if block and f"{block}_{k}" in cfg:
+      block = f"{block}_{k}"
+    suffix = lambda d: f"{d}_{k}"
+    return dataclasses.replace(
+        first, name=suffix(first.name), block=block, previous=self,
+        seed_offset=first.seed_offset + 100 * (k - 1) if first.seed_offset else 0,
+        output=suffix(first.output) if first.output else None,
+        also_writes=tuple(map(suffix, first.also_writes)),
+        shape=_seeing(first.shape, first.block, block),
+        validate=_seeing(first.validate, first.block, block))
 
   @property
   def blocks(self) -> tuple:
@@ -57,3 +85,17 @@ class Stage:
 
   def seed(self, cfg) -> int:
     return int(cfg.seed) * 1000 + self.seed_offset
+
+
+def _seeing(fn, base_block: str, block: str):
+  """fn(cfg, ...) called on a copy of cfg whose `base_block` is `block`: a later occurrence's
+  shape and checks read its own block under the name its module reads."""
+  if block == base_block:
+    return fn
+
+  def call(cfg, *args):
+    view = copy.deepcopy(cfg)
+    with view.unlocked():
+      view[base_block] = copy.deepcopy(cfg[block])
+    return fn(view, *args)
+  return call

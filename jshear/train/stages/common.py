@@ -28,10 +28,11 @@ class Model:
 @dataclasses.dataclass
 class RunContext(Context):
   """Context plus what the pipeline resolved before the first stage."""
-  stages: tuple = ()
+  stages: tuple = ()                 # the Stage of each listing in config.stages, in order
   spec: PruneSpec | None = None      # the pruning target (prune / finalize runs)
   source: Model | None = None        # the unpruned model this run started from
   out: dict = dataclasses.field(default_factory=dict)  # summary entries stages add
+  stage: object = None               # the Stage running now (a later listing: `pretrain_2`)
 
 
 def resolve_source(spec: str) -> str:

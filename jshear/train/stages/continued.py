@@ -17,13 +17,15 @@ from jshear.train.stages.common import (Model, compute_dtype, eval_domains, gath
                                         save_dir)
 
 
-def needs_source(cfg) -> list[str]:
-  """What the continue stage needs the unpruned source for (empty: nothing)."""
+def needs_source(cfg, block=None) -> list[str]:
+  """What the continue stage needs the unpruned source for (empty: nothing). `block`: the
+  stage's config block (default `continued`; a later listing may have its own)."""
   from jshear import distill
+  block = cfg.continued if block is None else block
   why = []
   if cfg.distill.enable and "source" in distill.teacher_paths(cfg.distill.teachers):
     why.append("distillation's default teacher (distill.teachers)")
-  if cfg.continued.reweight_rule != "constant" and not dict(cfg.continued.ref_losses):
+  if block.reweight_rule != "constant" and not dict(block.ref_losses):
     why.append("dynamic batch loading's reference losses (continued.ref_losses)")
   return why
 
@@ -40,21 +42,23 @@ def teacher_items(cfg, has_source: bool) -> list[str]:
 
 
 def run(ctx, model: Model) -> Model:
-  cfg = ctx.cfg
-  src = source_mod.unpruned_source(ctx, model, needs_source(cfg)) if needs_source(cfg) else None
-  setup = _distill_setup(ctx, model, src) if cfg.distill.enable else None
+  cfg, stage = ctx.cfg, ctx.stage or STAGE
+  block = cfg[stage.block]
+  why = needs_source(cfg, block)
+  src = source_mod.unpruned_source(ctx, model, why) if why else None
+  setup = _distill_setup(ctx, model, src, block.steps) if cfg.distill.enable else None
   reference = None
-  if src is not None and cfg.continued.reweight_rule != "constant":
+  if src is not None and block.reweight_rule != "constant":
     reference = lambda: DomainEval(ctx, src.cfg, eval_domains(ctx.data_dir),
-                                   cfg.continued.batch_size, cfg.continued.eval_batches)(src.params)
-  state, _ = train_stage(ctx, STAGE, model.cfg, model.params, distill=setup,
+                                   block.batch_size, block.eval_batches)(src.params)
+  state, _ = train_stage(ctx, stage, model.cfg, model.params, distill=setup,
                          reference=reference)
   setup = None
-  save_dir(os.path.join(ctx.workdir, STAGE.output), model, state["params"], model.origin)
+  save_dir(os.path.join(ctx.workdir, stage.output), model, state["params"], model.origin)
   return Model(model.cfg, gather_params(state["params"]), model.tokenizer, model.origin)
 
 
-def _distill_setup(ctx, student: Model, src: Model | None):
+def _distill_setup(ctx, student: Model, src: Model | None, steps: int):
   """Teachers: distill.teachers, "" or "source" = the unpruned source. The pruning's 0/1
   masks, when this run pruned, relate the student's layers and hidden channels to the
   source's (for hidden-state matching)."""
@@ -78,7 +82,7 @@ def _distill_setup(ctx, student: Model, src: Model | None):
         kept_layers = np.nonzero(f["layer"])[0]
       if "hidden" in f.files:
         kept_hidden = np.nonzero(f["hidden"])[0]
-  return distill.build_setup(cfg.distill, student.cfg, teachers, steps=cfg.continued.steps,
+  return distill.build_setup(cfg.distill, student.cfg, teachers, steps=steps,
                              seed=cfg.seed * 1000 + DISTILL_SEED_OFFSET, compute_dtype=compute_dtype(cfg),
                              kept_layers=kept_layers, kept_hidden=kept_hidden)
 
@@ -86,4 +90,4 @@ def _distill_setup(ctx, student: Model, src: Model | None):
 DISTILL_SEED_OFFSET = 5  # the teacher draw (several teachers); no stage uses it
 STAGE = Stage("continue", run, block="continued", depends_on=("distill",),
               trains=lambda cfg: True, seed_offset=3, stream_from=prune_stage.STAGE,
-              output="continued")
+              output="continued", repeats=True)
