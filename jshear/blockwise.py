@@ -35,13 +35,13 @@ import numpy as np
 import optax
 
 from jshear.atomic import write_json
+from jshear.config_check import BLOCKWISE_MODES as MODES  # defined there
 from jshear.errors import JShearError
 from jshear.model import layers as L
 from jshear.model.config import ModelConfig
 from jshear.model.transformer import block_fn, causal_attend, forward
 from jshear.optim import Group
 
-MODES = ("entire_block", "mlp_only")
 ROW_KEYS = ("tokens", "segment_ids", "positions")
 # the per-block state leaves `mlp_only` trains (the sequential family's MLP and its norm)
 MLP_LEAVES = ("mlp_norm", "w_gate", "w_up", "w_down")

@@ -65,6 +65,22 @@ def grow_block() -> mlc.ConfigDict:
   return c
 
 
+def blockwise_block() -> mlc.ConfigDict:
+  """The blockwise stage (Puzzle's blockwise local distillation between finalize and
+  continue, jshear/train/stages/blockwise.py; docs/blockwise.md). Optimizer defaults are
+  Puzzle's: lr 1e-4, 5% warm-up, weight decay 0.1, betas 0.9 / 0.95, clip 1.0."""
+  c = mlc.ConfigDict()
+  c.rows_per_domain = 16        # calibration rows a domain, from the training split
+  c.steps = 60
+  c.batch_size = 8              # rows a step (every block sees the same rows)
+  c.mode = "entire_block"       # entire_block | mlp_only (sequential family)
+  c.lr, c.schedule, c.warmup_steps, c.final_lr_fraction = 1e-4, "cosine", 3, 0.1
+  c.weight_decay, c.b1, c.b2, c.eps, c.clip_norm = 0.1, 0.9, 0.95, 1e-8, 1.0
+  c.nmse_eps = 1e-6             # the loss's denominator guard
+  c.record_batch_size = 8       # rows a forward of the source while recording
+  return c
+
+
 def base_config() -> mlc.ConfigDict:
   c = mlc.ConfigDict()
   c.seed = 0
@@ -193,6 +209,7 @@ def base_config() -> mlc.ConfigDict:
   c.distill.hidden_weight = 1.0
   c.export = mlc.ConfigDict({"dtype": ""})  # "" keeps the params' dtype
   c.grow = grow_block()
+  c.blockwise = blockwise_block()
   return c
 
 

@@ -46,6 +46,7 @@ COMPUTE_DTYPES = ("", "float32", "bfloat16", "float16")             # model.comp
 PARAM_DTYPES = ("float32", "bfloat16", "float16")                   # model.param_dtype
 EXPORT_DTYPES = ("", "float32", "bfloat16", "float16")              # export.dtype ("": keep)
 GROW_OPERATORS = ("stack", "interleave", "zero", "random")          # grow.operator
+BLOCKWISE_MODES = ("entire_block", "mlp_only")                      # blockwise.mode
 
 TRAIN_BLOCKS = ("prune", "continued", "pretrain")
 
@@ -236,6 +237,22 @@ CHECKS = tuple(Check(f"{b}.{c.path}", c.rule, c.why, c.when)
     Check("grow.operator", one_of(GROW_OPERATORS)),
     Check("grow.factor", count(0), "0: from grow.target_layers"),
     Check("grow.target_layers", count(0), "0: from grow.factor"),
+    # blockwise local distillation
+    Check("blockwise.mode", one_of(BLOCKWISE_MODES)),
+    Check("blockwise.rows_per_domain", count(1)),
+    Check("blockwise.steps", count(1)),
+    Check("blockwise.batch_size", count(1)),
+    Check("blockwise.record_batch_size", count(1)),
+    Check("blockwise.lr", at_least(0)),
+    Check("blockwise.schedule", one_of(SCHEDULES)),
+    Check("blockwise.warmup_steps", count(0)),
+    Check("blockwise.final_lr_fraction", within(0, 1)),
+    Check("blockwise.weight_decay", at_least(0)),
+    Check("blockwise.b1", within(0, 1, hi_open=True)),
+    Check("blockwise.b2", within(0, 1, hi_open=True)),
+    Check("blockwise.eps", above(0)),
+    Check("blockwise.clip_norm", at_least(0), "0 turns clipping off"),
+    Check("blockwise.nmse_eps", above(0)),
 )
 
 

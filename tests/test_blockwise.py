@@ -167,3 +167,40 @@ def test_row_draws_cover_every_row_once_a_pass():
   assert [len(x) for x in d] == [4] * 5
   assert bw.device_assignment(3, 8) == [[0], [1], [2], [], [], [], [], []]
   assert bw.device_assignment(9, 4) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], []]
+
+
+# ---- the stage ---------------------------------------------------------------------------
+
+def test_the_stage_runs_between_finalize_and_continue(tmp_path):
+  """prune (magnitude, one shot) -> finalize -> blockwise -> continue on the tiny world: the
+  blockwise model keeps finalize's embeddings and head, its blocks moved and their loss fell,
+  and continue trains from it (its dir is what a rerun loads instead of training again)."""
+  import os
+
+  import tiny_world
+  from jshear import model_io
+  from jshear.train.pipeline import run
+  world = tiny_world.build(tmp_path / "world")
+  c = tiny_world.config(world)
+  c.stages = "prune,finalize,blockwise,continue"
+  from jshear.config_base import base_config
+  c.prune.method, c.final_eval = "magnitude", False
+  c.prune.learned = base_config().prune.learned   # magnitude reads none of these
+  c.continued.steps = 2
+  c.blockwise.update(rows_per_domain=4, steps=12, batch_size=4, lr=3e-3)
+  wd = str(tmp_path / "run")
+  run(c, wd)
+  _, pruned = model_io.load_model(os.path.join(wd, "pruned"))
+  _, blocks = model_io.load_model(os.path.join(wd, "blockwise"))
+  np.testing.assert_array_equal(np.asarray(blocks["embed"]), np.asarray(pruned["embed"]))
+  moved = [n for n in pruned["layers"]
+           if not np.array_equal(np.asarray(blocks["layers"][n]), np.asarray(pruned["layers"][n]))]
+  assert moved, "no block weight moved"
+  import json
+  rec = json.load(open(os.path.join(wd, "blockwise", "blockwise.json")))
+  assert len(rec["spans"]) == c.prune.target.num_layers
+  assert np.mean(rec["nmse_last"]) < np.mean(rec["nmse_first"]), rec
+  assert os.path.exists(os.path.join(wd, "continued"))
+  mtime = os.path.getmtime(os.path.join(wd, "blockwise", "blockwise.json"))
+  run(c, wd)   # done: loaded, not trained again
+  assert os.path.getmtime(os.path.join(wd, "blockwise", "blockwise.json")) == mtime

@@ -43,6 +43,7 @@ def train_blocks(cfg, layers, rec: Recording, tc, *, steps: int, batch_size: int
   groups = block_groups(cfg, mode)
   opt = build_optimizer(tc, steps, groups)
   step = build_step(opt, nmse_loss(cfg, eps), groups=groups, batch_keys=BATCH_KEYS + ("x", "y"))
+  layers = jax.device_get(layers)   # off the run's mesh: the blocks get their own
   states = [init_state(b, opt, seed * 1000 + j, groups=groups)
             for j, b in enumerate(unstack(layers, n))]
   draws = row_draws(rec.meta["rows"], batch_size, steps, seed)
@@ -61,14 +62,16 @@ def train_blocks(cfg, layers, rec: Recording, tc, *, steps: int, batch_size: int
     devices = list(devices or jax.devices())
     slots = len(device_assignment(n, len(devices))[0]) * len(devices)
     pad = slots - n   # copies of the last block fill the slots; their results are dropped
-    shard = NamedSharding(Mesh(np.array(devices), ("block",)), P("block"))
-    state = jax.device_put(stack_states(states + [states[-1]] * pad), shard)
-    run = jax.jit(jax.vmap(step), in_shardings=(shard, shard), out_shardings=(shard, shard))
-    for idx in draws:
-      batch = rec.batch(idx)
-      batch = {k: np.concatenate([v, np.repeat(v[-1:], pad, 0)]) if pad else v
-               for k, v in batch.items()}
-      state, m = run(state, jax.device_put(batch, shard))
-      history.append(np.asarray(m["lm_loss"])[:n].tolist())
-    trained = jax.tree.map(lambda x: x[:n], state["params"])
+    mesh = Mesh(np.array(devices), ("block",))
+    shard = NamedSharding(mesh, P("block"))
+    with jax.set_mesh(mesh):   # its own mesh, inside a run's (data x fsdp x tensor) one
+      state = jax.device_put(stack_states(states + [states[-1]] * pad), shard)
+      run = jax.jit(jax.vmap(step), in_shardings=(shard, shard), out_shardings=(shard, shard))
+      for idx in draws:
+        batch = rec.batch(idx)
+        batch = {k: np.concatenate([v, np.repeat(v[-1:], pad, 0)]) if pad else v
+                 for k, v in batch.items()}
+        state, m = run(state, jax.device_put(batch, shard))
+        history.append(np.asarray(m["lm_loss"])[:n].tolist())
+      trained = jax.device_get(jax.tree.map(lambda x: x[:n], state["params"]))
   return trained, np.asarray(history)

@@ -8,11 +8,12 @@ here. A row that `repeats` may be listed again: `occurrences` names each later l
 from __future__ import annotations
 
 from jshear.errors import JShearError
-from jshear.train.stages import continued, export, finalize, grow, pretrain, prune
+from jshear.train.stages import blockwise, continued, export, finalize, grow, pretrain, prune
 
-# grow is last so that adding it left the DONE keys of the older rows as they were.
+# grow and blockwise are last so that adding them left the DONE keys of the older rows as
+# they were (a run follows config.stages: blockwise runs between finalize and continue).
 STAGES = (pretrain.STAGE, prune.STAGE, finalize.STAGE, continued.STAGE, export.STAGE,
-          grow.STAGE)
+          grow.STAGE, blockwise.STAGE)
 MAX_OCCURRENCES = 9  # occurrence k's seed offset is + 100 (k - 1): below the next seed's
 
 
