@@ -29,6 +29,7 @@ RULES = (
     ("head_dim", None),
     ("layers", None),
     ("norm", None),
+    ("lora_rank", None),  # LoRA's rank axis: small, replicated
 )
 _log = logging.getLogger(__name__)
 
