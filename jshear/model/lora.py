@@ -87,7 +87,8 @@ def adapter_shapes(cfg: ModelConfig, rank: int, targets) -> dict:
 
 
 def adapter_axes(cfg: ModelConfig, targets) -> dict:
-  """Logical axis names (jshear.sharding.RULES); the rank axis is replicated."""
+  """Logical axis names (jshear.sharding.RULES); the rank axis is replicated, so under
+  pure FSDP an adapter half without an `embed` dim (B of q, k, v, gate, up) is too."""
   return {t: {"a": ("layers", *ia, "lora_rank"), "b": ("layers", "lora_rank", *oa)}
           for t, (_, _, ia, oa) in _dims(cfg).items() if t in targets}
 
