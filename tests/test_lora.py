@@ -152,10 +152,10 @@ def test_step_0_loss_equals_the_plain_models_bitwise(trained):
 
 def test_training_moves_only_the_adapters_and_only_they_have_optimizer_state(trained):
   addon, params, _, _, state = trained
-  assert [g.name for g in step_groups(step_addons(lora=addon))] == ["adapters"]  # no weights
   host = jax.device_get(params)
   for a, b in zip(jax.tree.leaves(host), jax.tree.leaves(state["params"])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # frozen, bitwise
+  assert [g.name for g in step_groups(step_addons(lora=addon))] == ["adapters"]  # no weights
   assert all(float(jnp.abs(v["b"]).max()) > 0 for v in state["lora"].values())  # B trained
   # The optimizer state: Adam's two moments of every adapter leaf, plus scalar counters;
   # nothing of the weights (their leaves are far larger than the adapters).
@@ -195,3 +195,22 @@ def test_rank_and_targets_are_checked_against_the_matrices():
   with pytest.raises(JShearError, match=r"unknown projection\(s\) \['lm_head'\]"):
     lora.parse_targets("q,lm_head")
 
+
+
+def test_lora_trains_under_distillation_too(trained):
+  """The continue stage's distilling loss gives the forward the same adapters."""
+  from jshear import distill
+  from jshear.train.step import lm_kd_loss
+  addon, params, state0, _, _ = trained
+  groups = step_groups(step_addons(lora=addon))
+  opt = build_optimizer(train_block(steps=10, warmup_steps=0, lr=3e-2, schedule="constant"),
+                        10, groups)
+  d = distill.Distiller(LLAMA, [distill.TeacherSpec(LLAMA)], weight=1.0, temperature=2.0)
+  step = jax.jit(build_step(opt, lm_kd_loss(LLAMA, d), groups=groups, addons=(addon,)))
+  state = init_state(params, opt, 0, groups=groups, extra={"lora": state0["lora"]})
+  teacher = init_params(LLAMA, jax.random.key(9))
+  new, m = step(state, _batch(), [teacher])
+  assert np.isfinite(float(m["distill/kd"])) and float(m["distill/kd"]) > 0
+  assert all(float(jnp.abs(v["b"]).max()) > 0 for v in new["lora"].values())
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(new["params"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
