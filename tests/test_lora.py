@@ -21,7 +21,7 @@ from jshear.train.step import build_step, init_state, lm_loss, step_addons, step
 
 LLAMA = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2,
                     num_heads=4, num_kv_heads=2, head_dim=8, remat="none")
-PARALLEL = LLAMA.replace(family="parallel", qk_norm=True, logit_scale=0.5)
+PARALLEL = LLAMA.replace(family="parallel", qk_norm=True, logit_scale=0.5, scan_layers=False)
 ALL = lora.TARGETS
 # Jitted: eager init compiles every random op on its own (~10 s here).
 init_params = jax.jit(_init_params, static_argnums=0)
@@ -57,6 +57,7 @@ def _forward(cfg, params, adapters=None):
   return np.asarray(_jit_forward(params, adapters, _tokens(), cfg))
 
 
+@functools.partial(jax.jit, static_argnums=(0, 3))
 def _by_hand(cfg, params, ad, scale):
   """llama only: W + scale * A B per targeted weight, written out with einsum."""
   layers = dict(params["layers"])
@@ -69,10 +70,9 @@ def _by_hand(cfg, params, ad, scale):
   return {**params, "layers": layers}
 
 
-@pytest.mark.parametrize("targets,scan", [(ALL, True), (("o", "down", "q"), False)],
-                         ids=["all-scan", "some-unrolled"])
-def test_lora_forward_equals_the_dense_forward_of_w_plus_scaled_ab(targets, scan):
-  cfg = LLAMA.replace(scan_layers=scan)
+@pytest.mark.parametrize("targets", [ALL, ("o", "down", "q")], ids=["all", "some"])
+def test_lora_forward_equals_the_dense_forward_of_w_plus_scaled_ab(targets):
+  cfg = LLAMA
   rank, alpha = 3, 6.0
   params = init_params(cfg, jax.random.key(0))
   ad = _random_adapters(cfg, rank, targets)
@@ -86,7 +86,7 @@ def test_lora_forward_equals_the_dense_forward_of_w_plus_scaled_ab(targets, scan
 
 
 def test_parallel_family_adapts_its_fused_projections_per_part():
-  cfg = PARALLEL
+  cfg = PARALLEL  # layers unrolled: the forward's other layer loop
   params = init_params(cfg, jax.random.key(0))
   for targets in (ALL, ("k", "up", "o")):
     ad = _random_adapters(cfg, 2, targets)
@@ -106,14 +106,18 @@ def test_parallel_family_adapts_its_fused_projections_per_part():
   np.testing.assert_array_equal(merged["layers"]["w_out"], params["layers"]["w_out"])
 
 
-@pytest.mark.parametrize("cfg", [LLAMA, PARALLEL], ids=["llama", "parallel"])
-def test_a_fresh_adapter_is_the_base_model_bitwise(cfg):
+@pytest.mark.parametrize("cfg,rank", [(LLAMA, 3), (PARALLEL.replace(scan_layers=True), 2),
+                                      (PARALLEL, 2)], ids=["llama", "parallel", "parallel-unrolled"])
+def test_a_fresh_adapter_is_the_base_model_bitwise(cfg, rank):
   params = init_params(cfg, jax.random.key(0))
-  ad = init_adapters(cfg, 4, ALL, jax.random.key(3))
+  ad = init_adapters(cfg, rank, ALL, jax.random.key(3))
   assert all(float(jnp.abs(v["a"]).max()) > 0 and float(jnp.abs(v["b"]).max()) == 0
              for v in ad.values())
-  np.testing.assert_array_equal(_forward(cfg, params, lora.Adapters(ad, None, 4.0)),
-                                _forward(cfg, params))
+  got, want = _forward(cfg, params, lora.Adapters(ad, None, 4.0)), _forward(cfg, params)
+  if cfg.scan_layers or cfg.family == "llama":
+    np.testing.assert_array_equal(got, want)
+  else:  # XLA:CPU fuses the unrolled parallel block differently around the (zero) deltas:
+    np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)  # measured 3.7e-8
 
 
 def _lora_step(cfg, rank=4, alpha=8.0, dropout=0.0, lr=1e-2):
@@ -176,13 +180,24 @@ def test_the_merged_model_equals_the_unmerged_after_training(trained):
 
 
 def test_dropout_is_training_only_and_keyed_by_step(trained):
+  """A new dropout mask per step (and micro-batch); evaluation adapters have none. (The
+  training forward with dropout runs in the `trained` fixture.)"""
   addon, _, _, _, state = trained
   key = jax.random.key(0)
-  train_a = _forward(LLAMA, state["params"], addon.adapters(state, key, 0, 0))
-  train_b = _forward(LLAMA, state["params"], addon.adapters(state, key, 1, 0))
-  assert np.abs(train_a - train_b).max() > 0   # a new mask per step
-  ev = _forward(LLAMA, state["params"], addon.eval_adapters(state))  # no rng: no dropout
-  np.testing.assert_allclose(ev, _forward(LLAMA, addon.merged(LLAMA, state)), atol=1e-5)
+  ad0, ad1 = addon.adapters(state, key, 0, 0), addon.adapters(state, key, 1, 0)
+  layer = jax.tree.map(lambda x: x[0], state["lora"])
+  x = jnp.ones((2, 5, LLAMA.hidden_size))
+  delta = lambda ad: np.asarray(lora.layer_delta(layer, "q", x, ad.scale, ad.dropout, ad.rng))
+  assert np.abs(delta(ad0) - delta(ad1)).max() > 0
+  np.testing.assert_array_equal(delta(ad0), delta(addon.adapters(state, key, 0, 0)))
+  ev = addon.eval_adapters(state)
+  assert ev.rng is None and ev.dropout == 0.0
+  full = np.asarray(lora.layer_delta(layer, "q", x, ev.scale))
+  np.testing.assert_array_equal(delta(ev), full)
+  # Inverted dropout: the mean over many masks is the undropped delta.
+  many = np.mean([np.asarray(lora.layer_delta(layer, "q", x, ad0.scale, 0.5,
+                                              jax.random.key(i))) for i in range(64)], axis=0)
+  assert np.abs(many - full).max() < 0.5 * np.abs(full).max()
 
 
 def test_rank_and_targets_are_checked_against_the_matrices():
@@ -196,21 +211,3 @@ def test_rank_and_targets_are_checked_against_the_matrices():
     lora.parse_targets("q,lm_head")
 
 
-
-def test_lora_trains_under_distillation_too(trained):
-  """The continue stage's distilling loss gives the forward the same adapters."""
-  from jshear import distill
-  from jshear.train.step import lm_kd_loss
-  addon, params, state0, _, _ = trained
-  groups = step_groups(step_addons(lora=addon))
-  opt = build_optimizer(train_block(steps=10, warmup_steps=0, lr=3e-2, schedule="constant"),
-                        10, groups)
-  d = distill.Distiller(LLAMA, [distill.TeacherSpec(LLAMA)], weight=1.0, temperature=2.0)
-  step = jax.jit(build_step(opt, lm_kd_loss(LLAMA, d), groups=groups, addons=(addon,)))
-  state = init_state(params, opt, 0, groups=groups, extra={"lora": state0["lora"]})
-  teacher = init_params(LLAMA, jax.random.key(9))
-  new, m = step(state, _batch(), [teacher])
-  assert np.isfinite(float(m["distill/kd"])) and float(m["distill/kd"]) > 0
-  assert all(float(jnp.abs(v["b"]).max()) > 0 for v in new["lora"].values())
-  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(new["params"])):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
