@@ -182,7 +182,12 @@ def test_the_merged_model_equals_the_unmerged_after_training(trained):
 def test_dropout_is_training_only_and_keyed_by_step(trained):
   """A new dropout mask per step (and micro-batch); evaluation adapters have none. (The
   training forward with dropout runs in the `trained` fixture.)"""
-  addon, _, _, _, state = trained
+  addon, _, _, step, state = trained
+  # The training forward draws them: the same state and batch at another step lose
+  # differently (the fixture trains with dropout 0.1).
+  _, m_a = step(state, _batch(7))
+  _, m_b = step({**state, "step": state["step"] + 1}, _batch(7))
+  assert float(m_a["lm_loss"]) != float(m_b["lm_loss"])
   key = jax.random.key(0)
   ad0, ad1 = addon.adapters(state, key, 0, 0), addon.adapters(state, key, 1, 0)
   layer = jax.tree.map(lambda x: x[0], state["lora"])
