@@ -106,10 +106,11 @@ def random_tokens(vocab_size: int, batch_size: int, seq: int):
 
 
 def jshear_stage_step(cfg, batch_size: int, prune_groups=None, target=None,
-                      compute_dtype=None, distiller=None):
+                      compute_dtype=None, distiller=None, lora=None):
   """The stage step the loop would compile (jshear.train.compile.stage_step), on a
   one-device mesh: prune (learned masks over `prune_groups` toward `target`) or continue
-  (plain, or distilling with `distiller`). Returns the StageStep."""
+  (plain, distilling with `distiller`, or with LoRA: `lora` = continued.lora settings,
+  e.g. {"rank": 16}). Returns the StageStep."""
   import jax
   import jax.numpy as jnp
 
@@ -124,6 +125,7 @@ def jshear_stage_step(cfg, batch_size: int, prune_groups=None, target=None,
   name = "prune" if prune_groups is not None else "continue"
   block = run[stages.get(name).block]
   block.steps, block.warmup_steps, block.batch_size, block.grad_accum = 1000, 10, batch_size, 1
+  block.lora.update(lora or {})
   mesh = shd.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
   ctx = Context(cfg=run, workdir="", mesh=mesh, writer=None, data_dir="")
   spec = (PruneSpec(target, tuple(prune_groups), "layer_mean", 100)

@@ -29,7 +29,9 @@ def get_config():
                                          "magnitude,random",
                               "zeroshot_tasks": "piqa,arc_easy,sciq", "zeroshot_limit": 100,
                               "equal_tokens": True, "scratch_lr": 1e-3, "heldout_rows": 64,
-                              "paired_with": "importance"})
+                              "paired_with": "importance",
+                              # recovery after pruning: "full" and/or "lora:RANK" rows
+                              "recovery": "full"})
 
   p = c.prune                     # learned (demo recipe) and dimchop train; one-shot skip it
   p.steps, p.batch_size, p.warmup_steps = 30, 4, 3

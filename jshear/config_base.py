@@ -51,6 +51,16 @@ def train_block(**overrides) -> mlc.ConfigDict:
   c.domain_weights_temperature = 1.0  # entropy_softmax: w = softmax(H / temperature)
   c.upsample_last_fraction = 0.0      # domain upsampling in the last X of steps
   c.upsample_factors = mlc.ConfigDict()
+  # LoRA (jshear/model/lora.py; Levanter's LoraConfig, MaxText's lora.*): rank > 0 trains
+  # adapters on the frozen weights, scale alpha / rank; the stage's output (and the HF
+  # export) is the merged dense model. Only the continue stage takes it.
+  c.lora = mlc.ConfigDict()
+  c.lora.rank = 0               # 0: off (full training)
+  c.lora.alpha = 16.0           # Biderman et al. use alpha = 2 x rank
+  c.lora.targets = "q,k,v,o,gate,up,down"  # a subset; embeddings and head never
+  c.lora.dropout = 0.0          # on the adapter input, training only (Biderman et al.: 0.05)
+  c.lora.save_adapters = False  # also write the unmerged adapters (PEFT layout) to
+                                # WORKDIR/<stage output>_adapters/
   c.update(overrides)
   return c
 

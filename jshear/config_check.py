@@ -47,6 +47,8 @@ PARAM_DTYPES = ("float32", "bfloat16", "float16")                   # model.para
 EXPORT_DTYPES = ("", "float32", "bfloat16", "float16")              # export.dtype ("": keep)
 GROW_OPERATORS = ("stack", "interleave", "zero", "random")          # grow.operator
 BLOCKWISE_MODES = ("entire_block", "mlp_only")                      # blockwise.mode
+# <block>.lora.targets: the seven projections LoRA may adapt (never embeddings or the head)
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
 TRAIN_BLOCKS = ("prune", "continued", "pretrain")
 
@@ -119,6 +121,17 @@ def _bounds_ok(x) -> bool:
 BOUNDS = Rule(_bounds_ok, "(low, high) with finite low < high")
 
 
+def _targets_ok(x) -> bool:
+  if not isinstance(x, str):
+    return False
+  names = [t.strip() for t in x.split(",") if t.strip()]
+  return bool(names) and all(t in LORA_TARGETS for t in names)
+
+
+TARGETS = Rule(_targets_ok, f"a comma-separated subset of {LORA_TARGETS}")
+OFF = Rule(lambda x: x == 0, "0")
+
+
 # ---- the table ---------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -161,6 +174,12 @@ BLOCK_CHECKS = (
     Check("domain_weights_from", one_of(DOMAIN_WEIGHTS_FROM)),
     Check("domain_weights_temperature", above(0)),
     Check("ref_losses", FINITE_VALUES),
+    # LoRA (jshear/model/lora.py); the rank against the model's matrices is checked by the
+    # continue stage, which knows the shape it starts from.
+    Check("lora.rank", count(0), "0 turns LoRA off"),
+    Check("lora.alpha", above(0), "the adapter scale is alpha / rank"),
+    Check("lora.targets", TARGETS),
+    Check("lora.dropout", within(0, 1, hi_open=True)),
 )
 
 
@@ -230,6 +249,12 @@ CHECKS = tuple(Check(f"{b}.{c.path}", c.rule, c.why, c.when)
     Check("distill.weight", at_least(0)),
     Check("distill.lm_weight", at_least(0)),
     Check("distill.hidden_weight", at_least(0)),
+    # LoRA trains adapters on a frozen trained model: not the pruning stage's masks and
+    # weights, nor a model that starts from random weights.
+    Check("prune.lora.rank", OFF, "the pruning stage trains its masks and the weights, not "
+          "adapters; set continued.lora.rank for LoRA recovery"),
+    Check("pretrain.lora.rank", OFF, "pretraining starts from random weights, which LoRA "
+          "would freeze; set continued.lora.rank to adapt a trained model"),
     # export
     Check("export.dtype", one_of(EXPORT_DTYPES), '"" keeps the params\' dtype'),
     # growth (whether factor or target_layers fits the source's depth: the grow stage's

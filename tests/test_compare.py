@@ -219,3 +219,24 @@ def test_unequal_training_conditions_are_refused(monkeypatch):
     with pytest.raises(JShearError, match="unequal training conditions") as err:
       compare._check_fair(configs)
     assert words in str(err.value)
+
+
+def test_recovery_variants_full_and_lora_give_one_row_each_per_method():
+  """compare.recovery: every method once per variant; LoRA rows set continued.lora.rank
+  and get their own run dir; scratch (from random weights) has its full row only."""
+  cfg = tiny_world.config({"hf": "", "data": ""})
+  cfg.compare = mlc.ConfigDict({"methods": "magnitude,layerchop:input,scratch",
+                                "recovery": "full,lora:8"})
+  rows = compare.runs(cfg)
+  assert [(n, r) for n, _, _, r in rows] == [
+      ("magnitude", 0), ("magnitude-lora8", 8), ("layerchop-input", 0),
+      ("layerchop-input-lora8", 8), ("scratch", 0)]
+  lora_cfg = compare.method_config(cfg, "magnitude", None, 8)
+  assert lora_cfg.continued.lora.rank == 8 and lora_cfg.prune.lora.rank == 0
+  assert compare.method_config(cfg, "magnitude", None).continued.lora.rank == 0
+  from jshear import config_check
+  assert config_check.problems(lora_cfg) == []
+  for bad, pattern in (("lora", "unknown variant 'lora'"), ("lora:0", "unknown variant"),
+                       ("qlora:4", "unknown variant"), ("full,full", "twice"), ("", "empty")):
+    with pytest.raises(JShearError, match=pattern):
+      compare.parse_recovery(bad)

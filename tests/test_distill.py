@@ -187,3 +187,26 @@ def test_bad_distill_config_fails_before_any_stage(world, tmp_path):
     with pytest.raises(JShearError, match=pattern):
       run(cfg, str(workdir))
     assert not (workdir / "prune").exists()
+
+
+def test_lora_trains_under_the_distilling_loss():
+  """The continue stage's distilling loss passes the LoRA adapters to the student forward:
+  one distilled step moves B and leaves the weights bitwise unchanged."""
+  from jshear.config_base import train_block
+  from jshear.optim import build_optimizer
+  from jshear.train.adapters import LoraAddon
+  from jshear.train.step import build_step, init_state, lm_kd_loss, step_addons, step_groups
+  cfg, params = tiny(0)
+  addon = LoraAddon(2, 4.0, ("q", "v", "down"))
+  groups = step_groups(step_addons(lora=addon))
+  opt = build_optimizer(train_block(steps=10, warmup_steps=0, lr=3e-2, schedule="constant"),
+                        10, groups)
+  d = distill.Distiller(cfg, [distill.TeacherSpec(cfg)], weight=1.0, temperature=2.0)
+  step = jax.jit(build_step(opt, lm_kd_loss(cfg, d), groups=groups, addons=(addon,)))
+  state = init_state(params, opt, 0, groups=groups,
+                     extra={"lora": addon.init(cfg, jax.random.key(1), jnp.float32)})
+  new, m = step(state, MB, [tiny(5)[1]])
+  assert np.isfinite(float(m["distill/kd"])) and float(m["distill/kd"]) > 0
+  assert all(float(jnp.abs(v["b"]).max()) > 0 for v in new["lora"].values())
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(new["params"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

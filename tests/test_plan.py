@@ -85,3 +85,30 @@ def test_cli_plans_the_demo_config():
   assert out["per_device_gib"]["total"] > 0
   r = _run("--config=configs/demo.py", "--devices=8")    # 4 rows cannot split over 8
   assert r.returncode == 2 and "prune.batch_size / prune.grad_accum" in r.stderr
+
+
+def test_a_lora_continue_stage_plans_with_sharded_adapters_and_small_optimizer_state():
+  """The planner compiles the LoRA step (stage_step, as the loop does): its optimizer state
+  is the adapters' moments only, and the adapters shard by the weights' logical axes."""
+  import tiny_world
+  from jshear import sharding as shd
+  from jshear.model.config import ModelConfig
+  cfg = tiny_world.config({"hf": "", "data": ""})
+  cfg.stages = "continue"
+  mcfg = ModelConfig(vocab_size=256, hidden_size=64, intermediate_size=96, num_layers=2,
+                     num_heads=4, num_kv_heads=2, head_dim=16)
+  mesh = shd.make_mesh({"data": 2, "fsdp": 4, "tensor": 1})
+  full = plan.plan(cfg, "continue", mcfg, mesh, 80.0)
+  cfg.continued.lora.rank = 4
+  out = plan.plan(cfg, "continue", mcfg, mesh, 80.0)
+  gib = out["per_device_gib"]
+  assert out["lora_rank"] == 4 and full["lora_rank"] == 0
+  # Per device: B [L, r, H, Dh] does not shard on fsdp (its dims are rank and heads).
+  assert 0 < gib["optimizer"] < 0.3 * full["per_device_gib"]["optimizer"]
+  assert gib["adapters"] > 0 and gib["params"] == full["per_device_gib"]["params"]
+  assert abs(gib["total"] - sum(v for k, v in gib.items() if k != "total")) < 1e-9
+  built, _, _ = plan.stage_plan(cfg, "continue", mcfg, mesh)
+  a_q, b_q = (built.shardings["lora"]["q"][k].spec for k in ("a", "b"))
+  assert tuple(a_q) == (None, "fsdp", None)            # layers, embed -> fsdp, rank
+  assert all(x is None for x in b_q)                  # heads on tensor (size 1 here)
+  assert [g.name for g in built.groups] == ["adapters"]

@@ -142,3 +142,21 @@ def write_grow_config(world, path) -> str:
     f.write(_GROW_CONFIG_FILE.format(tests=os.path.dirname(os.path.abspath(__file__)),
                                      hf=world["hf"], data=world["data"]))
   return path
+def refused(world, tmp_path, *flags) -> str:
+  """`python -m jshear.train` on the tiny world's prune config plus `flags`: asserts exit 2,
+  no traceback, exactly one `error:` line (the last) and an empty workdir; returns it."""
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  path = write_prune_config(world, os.path.join(str(tmp_path), "cfg.py"))
+  w = os.path.join(str(tmp_path), "w")
+  env = dict(os.environ, PYTHONPATH=repo, JAX_PLATFORMS="cpu")
+  r = subprocess.run([sys.executable, "-m", "jshear.train", f"--config={path}",
+                      f"--workdir={w}", *flags], cwd=repo, env=env, capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 2, (r.returncode, r.stderr[-3000:])
+  assert "Traceback" not in r.stderr, r.stderr
+  errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and r.stderr.strip().splitlines()[-1] == errors[0], r.stderr
+  assert not os.path.exists(w) or os.listdir(w) == []
+  return errors[0]

@@ -6,7 +6,11 @@ the same data, then gets the same continued-pretraining budget.
 The config is a normal run config plus `compare.methods`, a comma-separated list of
 `prune.method` values; `layerchop:<layout>` picks a LayerCHOP layout (e.g.
 "layerchop:input,layerchop:both"). Each method is its own resumable pipeline run in
-DIR/<method> (the name with ':' as '-'); a finished one is reused, not rerun. Then:
+DIR/<method> (the name with ':' as '-'); a finished one is reused, not rerun.
+`compare.recovery` (default "full") lists how each method recovers in the continue stage:
+`full` (every weight trains) and/or `lora:RANK` (LoRA adapters on the frozen pruned model,
+continued.lora.*, merged at the end), e.g. "full,lora:8" runs every method twice, the LoRA
+rows in DIR/<method>-lora8 (scratch pretrains, so it has only its full row). Then:
 
   DIR/compare.json  per method: params, target shape, per-domain held-out loss of the final
                     model and its mean, zero-shot accuracy on `compare.zeroshot_tasks` (the
@@ -64,10 +68,42 @@ def parse_methods(text: str) -> list[tuple[str, str, str | None]]:
   return out
 
 
-def method_config(cfg, method: str, layout: str | None):
+def parse_recovery(text: str) -> list[tuple[str, int]]:
+  """"full,lora:8" -> [("", 0), ("-lora8", 8)]: each variant's run-name suffix and LoRA rank
+  (0: full continued pretraining)."""
+  out, seen = [], set()
+  for item in (s.strip() for s in str(text).split(",")):
+    if not item:
+      continue
+    kind, _, rank = item.partition(":")
+    if item == "full":
+      out.append(("", 0))
+    elif kind == "lora" and rank.isdigit() and int(rank) > 0:
+      out.append((f"-lora{int(rank)}", int(rank)))
+    else:
+      raise JShearError(f"compare.recovery: unknown variant {item!r} (known: full, lora:RANK "
+                        f"with RANK >= 1)")
+    if out[-1] in seen:
+      raise JShearError(f"compare.recovery lists {item!r} twice")
+    seen.add(out[-1])
+  if not out:
+    raise JShearError("compare.recovery is empty")
+  return out
+
+
+def runs(cfg) -> list[tuple[str, str, str | None, int]]:
+  """(run name, prune.method, layout, LoRA rank) of every row: compare.methods times
+  compare.recovery (scratch: its full row only)."""
+  methods = parse_methods(cfg.compare.methods if "compare" in cfg else DEFAULT_METHODS)
+  recovery = parse_recovery(cfg.compare.get("recovery", "full") if "compare" in cfg else "full")
+  return [(name + suffix, method, layout, rank) for name, method, layout in methods
+          for suffix, rank in recovery if not (method == "scratch" and rank)]
+
+
+def method_config(cfg, method: str, layout: str | None, lora_rank: int = 0):
   """The run config of one method: the shared config with its prune.method (and layout),
   the method blocks it does not read (prune.learned, .layerchop, .dimchop, .calib) at their
-  defaults.
+  defaults; `lora_rank` > 0 recovers with LoRA (continued.lora.rank), 0 with every weight.
 
   With compare.equal_tokens, a method that does not train while pruning gets the pruning
   stage's tokens as extra continued-pretraining steps, so every method trains on the same
@@ -81,6 +117,7 @@ def method_config(cfg, method: str, layout: str | None):
   c.final_eval = True  # the comparison needs every final model's held-out loss
   if method == "scratch":
     return _scratch_config(c, extra)
+  c.continued.lora.rank = int(lora_rank)
   c.prune.method = method
   if layout:
     c.prune.layerchop.layout = layout
@@ -117,6 +154,7 @@ def _scratch_config(c, extra):
   c.pretrain.steps = int(c.continued.steps) + _extra_steps(c.prune, c.continued)
   c.pretrain.lr = float(extra.get("scratch_lr", c.continued.lr))
   c.pretrain.reweight_rule = "constant"
+  c.pretrain.lora.rank = 0  # from random weights every weight trains
   return c
 
 
@@ -279,8 +317,10 @@ def collect(cfg, methods, summaries: dict, configs: dict) -> dict:
                     if "prune" in mine and trains_in_prune(configs[name]) else 0)
     block = configs[name].pretrain if "pretrain" in mine else configs[name].continued
     cont_tokens = _tokens(block, seq) if ("continue" in mine or "pretrain" in mine) else 0
+    lc = configs[name].continued.get("lora")
     out["methods"][name] = {
         "method": method, "layout": layout if method == "layerchop" else None,
+        "recovery": (f"lora:{lc.rank}" if lc and lc.rank and "continue" in mine else "full"),
         "params": s.get("final_params"),
         "shape": {k: fc.get(k) for k in ("num_layers", "num_heads", "num_kv_heads",
                                          "hidden_size", "intermediate_size")},
@@ -463,8 +503,9 @@ def _check_fair(configs: dict) -> None:
 def compare(cfg, workdir: str) -> dict:
   """Runs every method of `cfg.compare.methods` and writes compare.{json,md,png}."""
   workdir = os.path.abspath(workdir)
-  methods = parse_methods(cfg.compare.methods if "compare" in cfg else DEFAULT_METHODS)
-  configs = {name: method_config(cfg, m, layout) for name, m, layout in methods}
+  rows = runs(cfg)
+  methods = [(name, m, layout) for name, m, layout, _ in rows]
+  configs = {name: method_config(cfg, m, layout, rank) for name, m, layout, rank in rows}
   _validate(configs)  # every method's config, before spending time on the first
   summaries = {}
   tasks_spec, limit = "", 0

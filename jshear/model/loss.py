@@ -45,13 +45,15 @@ def per_row_nll(logits, batch: dict):
   return jnp.sum(token_nll(logits, targets) * weights, axis=1), jnp.sum(weights, axis=1)
 
 
-def row_nll(params, batch: dict, *, cfg, masks=None, compute_dtype=None, weights=None):
+def row_nll(params, batch: dict, *, cfg, masks=None, compute_dtype=None, weights=None,
+            adapters=None):
   """The one per-row scorer: per-sequence (NLL sum, scored-token count) of the (masked)
   model on a packed batch. `weights` [B, T] (or [B, T-1], per target) replace the default
   next-token weights (e.g. to score only a continuation). Every evaluation path (held-out
-  loss, the in-loop domain eval, `eval ppl`) sums these."""
+  loss, the in-loop domain eval, `eval ppl`) sums these. `adapters`: LoRA, unmerged."""
   logits = forward(params, batch["tokens"], masks, cfg=cfg, positions=batch.get("positions"),
-                   segment_ids=batch.get("segment_ids"), compute_dtype=compute_dtype)
+                   segment_ids=batch.get("segment_ids"), compute_dtype=compute_dtype,
+                   adapters=adapters)
   targets, default = token_targets(batch)
   if weights is None:
     weights = default

@@ -1,7 +1,8 @@
 """Shardings for the whole train state, derived from the model's logical axes.
 
-Params follow `jshear.sharding.RULES`; optimizer moments follow the parameter they belong
-to (matched by tree path); masks, lambdas, counters and the rng are replicated.
+Params and LoRA adapters (`state["lora"]`) follow `jshear.sharding.RULES`; optimizer
+moments follow the leaf they belong to (matched by tree path); masks, lambdas, counters and
+the rng are replicated.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from jax.sharding import NamedSharding
 
 from jshear import sharding as shd
 from jshear.model.config import ModelConfig
+from jshear.model.lora import adapter_axes
 from jshear.model.params import param_axes
 
 
@@ -20,24 +22,30 @@ def param_shardings(cfg: ModelConfig, params_abstract, mesh):
 
 
 def state_shardings(cfg: ModelConfig, state_abstract: dict, mesh) -> dict:
-  p_sh = param_shardings(cfg, state_abstract["params"], mesh)
+  sharded = {"params": param_shardings(cfg, state_abstract["params"], mesh)}
+  if "lora" in state_abstract:
+    sharded["lora"] = shd.tree_shardings(state_abstract["lora"],
+                                         adapter_axes(cfg, tuple(state_abstract["lora"])), mesh)
   flat = lambda t: {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(t)[0]}
-  sh_by_path, shape_by_path = flat(p_sh), {k: x.shape for k, x in flat(state_abstract["params"]).items()}
+  by_key = {k: (flat(sh), {p: x.shape for p, x in flat(state_abstract[k]).items()})
+            for k, sh in sharded.items()}
   rep = shd.replicated(mesh)
-  marker = "['params']"
 
   def opt_leaf(path, x):
-    # Moments of a weight live at ...['params']<weight path> inside the optimizer state.
+    # Moments of a leaf live at ...['params']<weight path> (or ['lora']<adapter path>)
+    # inside the optimizer state.
     key = jax.tree_util.keystr(path)
-    i = key.find(marker)
-    sub = key[i + len(marker):] if i >= 0 else None
-    if sub in sh_by_path and tuple(x.shape) == tuple(shape_by_path[sub]):
-      return sh_by_path[sub]
+    for k, (sh_by_path, shape_by_path) in by_key.items():
+      marker = f"['{k}']"
+      i = key.find(marker)
+      sub = key[i + len(marker):] if i >= 0 else None
+      if sub in sh_by_path and tuple(x.shape) == tuple(shape_by_path[sub]):
+        return sh_by_path[sub]
     return rep
 
   out = {k: jax.tree.map(lambda _: rep, v) for k, v in state_abstract.items()
-         if k not in ("params", "opt_state")}
-  out["params"] = p_sh
+         if k not in sharded and k != "opt_state"}
+  out.update(sharded)
   out["opt_state"] = jax.tree_util.tree_map_with_path(opt_leaf, state_abstract["opt_state"])
   return out
 

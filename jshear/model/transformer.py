@@ -3,6 +3,8 @@
 The layer loop is a `lax.scan` over weights stacked on a leading `layers` axis, wrapped in
 `jax.checkpoint` with the configured remat policy. Masks (see `jshear.model.masks`) are a
 separate pytree; absent masks cost nothing and all-ones masks give the unmasked model.
+LoRA adapters (`jshear.model.lora.Adapters`) are one more optional argument, scanned with
+the layers; None gives exactly the plain model.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import jax.numpy as jnp
 from jshear.model import layers as L
 from jshear.model.attention import attention
 from jshear.model.config import ModelConfig
+from jshear.model.lora import layer_delta
 from jshear.model.masks import per_layer_masks, validate_masks
 from jshear.model.params import fused_in_sizes
 
@@ -31,11 +34,20 @@ def _scale_last(x, scale, ste=None):
   return x if scale is None else L.apply_mask(x, scale, ste)
 
 
-def _qkv(cfg, h, lp):
+def _plus(y, delta):
+  return y if delta is None else y + delta
+
+
+def _proj(x, lp, name, target, ad, n_in=1):
+  """x @ W, plus the layer's adapter on `target` when `ad` (a per-layer applier) has one."""
+  return _plus(L.dense(x, lp[name], n_in), ad(target, x) if ad else None)
+
+
+def _qkv(cfg, h, lp, ad=None):
   """Sequential-block projections [B, T, N, Dh], with Qwen2's biases (added after the
   projection, so a hidden mask on h leaves them alone) and Qwen3's q/k RMSNorm over head_dim
   (one weight for all heads, before RoPE; head and hidden masks leave it alone)."""
-  q, k, v = (L.dense(h, lp[n]) for n in ("wq", "wk", "wv"))
+  q, k, v = (_proj(h, lp, n, t, ad) for n, t in (("wq", "q"), ("wk", "k"), ("wv", "v")))
   if cfg.qkv_bias:
     q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
   if cfg.qk_norm:
@@ -44,23 +56,23 @@ def _qkv(cfg, h, lp):
   return q, k, v
 
 
-def llama_block(cfg, x, lp, lm, hidden, rope, attend):
+def llama_block(cfg, x, lp, lm, hidden, rope, attend, ad=None):
   """One sequential block. `attend(q, k, v) -> (ctx, extra)` does the attention (training,
   KV-cache decoding and importance scoring differ only there). Returns (x, aux, extra);
   aux holds the unmasked head contexts, MLP activations and norm outputs, which scorers
-  read and training leaves for XLA to drop."""
+  read and training leaves for XLA to drop. `ad(target, x)`: this layer's LoRA deltas."""
   cos, sin = rope
   ste = lm.get("ste")
   h1 = L.rms_norm(x, lp["attn_norm"], cfg.norm_eps, hidden, ste)
-  q, k, v = _qkv(cfg, h1, lp)
+  q, k, v = _qkv(cfg, h1, lp, ad)
   q, k = L.apply_rope(q, cos, sin, False), L.apply_rope(k, cos, sin, False)
   ctx, extra = attend(q, k, v)
-  x = x + _scale_last(L.dense(_scale_heads(ctx, lm.get("head_scale"), ste), lp["wo"], 2),
+  x = x + _scale_last(_proj(_scale_heads(ctx, lm.get("head_scale"), ste), lp, "wo", "o", ad, 2),
                       hidden, ste)
   h2 = L.rms_norm(x, lp["mlp_norm"], cfg.norm_eps, hidden, ste)
-  act = L.swiglu(L.dense(h2, lp["w_gate"]), L.dense(h2, lp["w_up"]))
-  x = x + _scale_last(L.dense(_scale_last(act, lm.get("inter_scale"), ste), lp["w_down"]),
-                      hidden, ste)
+  act = L.swiglu(_proj(h2, lp, "w_gate", "gate", ad), _proj(h2, lp, "w_up", "up", ad))
+  x = x + _scale_last(_proj(_scale_last(act, lm.get("inter_scale"), ste), lp, "w_down", "down",
+                            ad), hidden, ste)
   return x, {"ctx": ctx, "act": act, "norms": (h1, h2)}, extra
 
 
@@ -69,8 +81,9 @@ def _split_points(cfg):
   return [sum(sizes[:i + 1]) for i in range(len(sizes) - 1)]
 
 
-def parallel_block(cfg, x, lp, lm, hidden, rope, attend):
-  """One parallel (PaLM/CHOP) block; same contract as `llama_block`."""
+def parallel_block(cfg, x, lp, lm, hidden, rope, attend, ad=None):
+  """One parallel (PaLM/CHOP) block; same contract as `llama_block`. LoRA adapts the fused
+  projections per part: each part's delta is added to the columns (rows) it owns."""
   cos, sin = rope
   B, T, _ = x.shape
   H, KV, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -79,6 +92,9 @@ def parallel_block(cfg, x, lp, lm, hidden, rope, attend):
   fused = L.dense(h, lp["w_in"])  # one matmul for q, k, v, gate and up
   q, k, v, gate, up = jnp.split(fused, _split_points(cfg), axis=-1)
   q, k, v = q.reshape(B, T, H, Dh), k.reshape(B, T, KV, Dh), v.reshape(B, T, KV, Dh)
+  if ad:
+    q, k, v, gate, up = (_plus(y, ad(t, h)) for y, t in zip(
+        (q, k, v, gate, up), ("q", "k", "v", "gate", "up")))
   if cfg.qk_norm:
     q = L.layer_norm(q, lp["q_norm"], cfg.norm_eps)
     k = L.layer_norm(k, lp["k_norm"], cfg.norm_eps)
@@ -86,10 +102,13 @@ def parallel_block(cfg, x, lp, lm, hidden, rope, attend):
   ctx, extra = attend(q, k, v)
   act = L.swiglu(gate, up)
   # One matmul for attention-out and FFN-out: [ctx | act] @ [wo ; w_down].
-  cat = jnp.concatenate([_scale_heads(ctx, lm.get("head_scale"), ste).reshape(B, T, H * Dh),
-                         _scale_last(act, lm.get("inter_scale"), ste)], axis=-1)
-  return x + _scale_last(L.dense(cat, lp["w_out"]), hidden, ste), {"ctx": ctx, "act": act,
-                                                      "norms": (h,)}, extra
+  ctx_in = _scale_heads(ctx, lm.get("head_scale"), ste)
+  act_in = _scale_last(act, lm.get("inter_scale"), ste)
+  cat = jnp.concatenate([ctx_in.reshape(B, T, H * Dh), act_in], axis=-1)
+  out = L.dense(cat, lp["w_out"])
+  if ad:
+    out = _plus(_plus(out, ad("o", ctx_in)), ad("down", act_in))
+  return x + _scale_last(out, hidden, ste), {"ctx": ctx, "act": act, "norms": (h,)}, extra
 
 
 def block_fn(cfg):
@@ -116,8 +135,17 @@ def output_logits(x, params, cfg):
   return logits * cfg.logit_scale if cfg.logit_scale != 1.0 else logits
 
 
+def _applier(adapters, weights, layer):
+  """ad(target, x) for one layer: its adapter delta, or None where `target` is not adapted.
+  Dropout keys differ per layer (and per target, in `layer_delta`)."""
+  if adapters is None:
+    return None
+  rng = None if adapters.rng is None else jax.random.fold_in(adapters.rng, layer)
+  return lambda target, x: layer_delta(weights, target, x, adapters.scale, adapters.dropout, rng)
+
+
 def forward(params, tokens, masks=None, *, cfg: ModelConfig, positions=None, segment_ids=None,
-            compute_dtype=None, return_hidden=False, mask_ste=None):
+            compute_dtype=None, return_hidden=False, mask_ste=None, adapters=None):
   """Logits [B, T, V] in fp32 for `tokens` [B, T].
 
   positions [B, T] restart at each packed document; segment_ids [B, T] keep attention inside
@@ -126,6 +154,8 @@ def forward(params, tokens, masks=None, *, cfg: ModelConfig, positions=None, seg
   mask_ste (a scalar in [0, 1], or None): straight-through weight of the gradient that masked
   units still receive (see `layers.apply_mask`); iterative pruning (DimCHOP) uses it so
   masked dims keep training until they are re-scored. Values are unchanged.
+  adapters: a `jshear.model.lora.Adapters` (None: the plain model); its weights are cast
+  to compute_dtype like the params.
   """
   validate_masks(cfg, masks)
   masks = masks or {}
@@ -134,6 +164,9 @@ def forward(params, tokens, masks=None, *, cfg: ModelConfig, positions=None, seg
     positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
   if compute_dtype is not None:
     params = jax.tree.map(lambda p: p.astype(compute_dtype), params)
+    if adapters is not None:
+      adapters = adapters.replace(
+          weights=jax.tree.map(lambda p: p.astype(compute_dtype), adapters.weights))
   hidden = masks.get("hidden")
   dtype = params["embed"].dtype
   x = jnp.take(params["embed"], tokens, axis=0)
@@ -143,8 +176,9 @@ def forward(params, tokens, masks=None, *, cfg: ModelConfig, positions=None, seg
   attend = causal_attend(cfg, segment_ids)
 
   def body(x, xs):
-    lp, lm = xs
-    x = block(cfg, x, lp, lm, hidden, rope, attend)[0].astype(dtype)
+    lp, lm = xs[:2]
+    ad = _applier(adapters, *xs[2]) if adapters is not None else None
+    x = block(cfg, x, lp, lm, hidden, rope, attend, ad)[0].astype(dtype)
     return x, (x if return_hidden else None)
 
   if cfg.remat != "none":
@@ -152,13 +186,15 @@ def forward(params, tokens, masks=None, *, cfg: ModelConfig, positions=None, seg
   layer_masks = per_layer_masks(cfg, masks)
   if mask_ste is not None and masks:
     layer_masks["ste"] = jnp.broadcast_to(jnp.asarray(mask_ste, jnp.float32), (cfg.num_layers,))
+  xs = (params["layers"], layer_masks)
+  if adapters is not None:  # the plain model's program stays as it was
+    xs += ((adapters.weights, jnp.arange(cfg.num_layers, dtype=jnp.int32)),)
   if cfg.scan_layers:
-    x, hiddens = jax.lax.scan(body, x, (params["layers"], layer_masks))
+    x, hiddens = jax.lax.scan(body, x, xs)
   else:
     # Unstack once with split: its transpose is one concatenate, where per-layer indexing
     # would pad every layer's gradient to the full stack and add them up.
-    per_layer = jax.tree.map(lambda a: [t[0] for t in jnp.split(a, cfg.num_layers)],
-                             (params["layers"], layer_masks))
+    per_layer = jax.tree.map(lambda a: [t[0] for t in jnp.split(a, cfg.num_layers)], xs)
     hs = []
     for i in range(cfg.num_layers):
       x, h = body(x, jax.tree.map(lambda a: a[i], per_layer, is_leaf=lambda a: isinstance(a, list)))

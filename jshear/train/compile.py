@@ -24,6 +24,7 @@ from jshear.model.params import abstract_params
 from jshear.model.state_sharding import param_shardings, state_shardings
 from jshear.optim import build_optimizer, stage_span
 from jshear.prune.state import init_prune_state
+from jshear.train.adapters import LoraAddon
 from jshear.train.context import Context, PruneSpec
 from jshear.train.step import (init_state, lm_kd_loss, lm_loss, build_step, step_addons,
                                step_groups)
@@ -37,7 +38,8 @@ def micro_sharding(mesh):
 @dataclasses.dataclass
 class StageStep:
   """A stage's compiled-step plan. `step(state, batch[, teachers])` is jitted with the
-  state donated; `make_state(params, prune_state)` builds the initial state."""
+  state donated; `make_state(params, prune_state)` builds the initial state. `lora`: the
+  LoRA add-on when the stage trains adapters (None: it trains the weights)."""
   optimizer: object
   groups: tuple
   addons: tuple
@@ -49,6 +51,7 @@ class StageStep:
   teacher_shardings: object    # None without distillation
   teacher_cfgs: tuple
   step: object
+  lora: object = None
 
   def abstract_inputs(self, batch_size: int, seq_len: int, param_dtype="float32"):
     """ShapeDtypeStructs (with shardings) of the step's arguments."""
@@ -79,10 +82,11 @@ def stage_step(ctx: Context, stage, model_cfg: ModelConfig, prune: PruneSpec | N
   cfg, mesh = ctx.cfg, ctx.mesh
   block = cfg[stage.block]
   pc = cfg.prune
+  lora = LoraAddon.from_block(block)  # block.lora.rank > 0: adapters train, weights frozen
   addons = step_addons(gates=prune is not None, fixed_masks=bool(mask_groups),
                        warmup_steps=prune.warmup_steps if prune else 0,
                        size_control=pc.learned.size_control if prune else "lagrangian",
-                       gate_forward=pc.learned.gate_forward if prune else "sample")
+                       gate_forward=pc.learned.gate_forward if prune else "sample", lora=lora)
   groups = step_groups(addons)
   span = stage_span(cfg, stage.name, ctx.prune_trains)
   optimizer = build_optimizer(block, block.steps, groups, span)
@@ -98,7 +102,14 @@ def stage_step(ctx: Context, stage, model_cfg: ModelConfig, prune: PruneSpec | N
     shapes = mask_shapes(model_cfg)
     fixed = {g: np.ones(shapes[g], np.float32) for g in mask_groups}
   seed = stage.seed(cfg)
-  make_state = lambda params, ps: init_state(params, optimizer, seed, ps, fixed, groups)
+
+  def make_state(params, ps):
+    extra = None
+    if lora is not None:  # A from the stage's seed, B zero: step 0 is the base model
+      extra = {"lora": lora.init(model_cfg, jax.random.fold_in(jax.random.key(seed), 7),
+                                 jnp.dtype(cfg.model.param_dtype))}
+    return init_state(params, optimizer, seed, ps, fixed, groups, extra)
+
   abstract = jax.eval_shape(
       make_state, abstract_params(model_cfg, jnp.dtype(cfg.model.param_dtype)), prune_state)
   shardings = state_shardings(model_cfg, abstract, mesh)
@@ -117,4 +128,4 @@ def stage_step(ctx: Context, stage, model_cfg: ModelConfig, prune: PruneSpec | N
   step = jax.jit(fn, in_shardings=in_shardings, out_shardings=(shardings, shd.replicated(mesh)),
                  donate_argnums=0)
   return StageStep(optimizer, groups, addons, prune_state, make_state, abstract, shardings, bsh,
-                   t_sh, t_cfgs, step)
+                   t_sh, t_cfgs, step, lora)

@@ -72,18 +72,20 @@ class DomainEval:
              "domain": dom[mine]}, mesh))
     K = len(self.domains)
 
-    def eval_fn(params, masks, batch):
-      nll, cnt = row_nll(params, batch, cfg=model_cfg, masks=masks, compute_dtype=compute_dtype)
+    def eval_fn(params, masks, adapters, batch):
+      nll, cnt = row_nll(params, batch, cfg=model_cfg, masks=masks, compute_dtype=compute_dtype,
+                         adapters=adapters)
       return (jax.ops.segment_sum(nll, batch["domain"], K),
               jax.ops.segment_sum(cnt, batch["domain"], K))
 
     self._fn = jax.jit(eval_fn, out_shardings=shd.replicated(mesh))
 
-  def __call__(self, params, masks=None) -> dict[str, float]:
+  def __call__(self, params, masks=None, adapters=None) -> dict[str, float]:
+    """`adapters`: a `jshear.model.lora.Adapters` (unmerged LoRA), or None."""
     tot = np.zeros(len(self.domains))
     cnt = np.zeros(len(self.domains))
     for b in self.batches:
-      s, c = self._fn(params, masks, b)
+      s, c = self._fn(params, masks, adapters, b)
       tot += shd.to_host(s)
       cnt += shd.to_host(c)
     return {d: (float(tot[i] / cnt[i]) if cnt[i] > 0 else float("nan"))
@@ -288,6 +290,7 @@ def train_stage(ctx: Context, stage, model_cfg: ModelConfig, params_host,
   step_fn = plan.step
 
   masks_for_eval = lambda st: (eval_masks(st["prune"]) if prune else st.get("masks"))
+  adapters_for_eval = lambda st: plan.lora.eval_adapters(st) if plan.lora else None
   rule = block.reweight_rule
   ref = dict(extra.get("ref_losses") or block.ref_losses or {})
   if rule != "constant" and not ref:
@@ -349,7 +352,7 @@ def train_stage(ctx: Context, stage, model_cfg: ModelConfig, params_host,
                       tflops=f"{tps * fpt / 1e12:.3g}")
       t_last, tok_last = time.time(), 0.0
     if block.eval_every and (done % block.eval_every == 0 or done == block.steps):
-      losses = evaluator(state["params"], masks_for_eval(state))
+      losses = evaluator(state["params"], masks_for_eval(state), adapters_for_eval(state))
       rec = {f"eval/{d}/loss": l for d, l in losses.items()}
       if rule != "constant" and (not block.reweight_every or done % block.reweight_every == 0):
         base_weights = reweight.update_weights(rule, base_weights, losses, ref, evaluator.counts,

@@ -253,10 +253,12 @@ def plan(cfg, stage: str, mcfg, mesh, hbm_gb: float) -> dict:
                        jax.tree.map(lambda x: x.sharding, tree)))))
   params_b = per_device(abstract_sh["params"])
   opt_b = per_device(abstract_sh["opt_state"])
-  other_b = per_device({k: v for k, v in abstract_sh.items() if k not in ("params", "opt_state")})
+  adapters_b = per_device(abstract_sh.get("lora", {}))  # LoRA: the trained adapters
+  other_b = per_device({k: v for k, v in abstract_sh.items()
+                        if k not in ("params", "opt_state", "lora")})
   teachers_b = per_device(teachers)  # distillation: the teachers' weights stay resident
   temp_b = int(getattr(mem, "temp_size_in_bytes", 0))
-  total = params_b + opt_b + other_b + teachers_b + temp_b
+  total = params_b + opt_b + adapters_b + other_b + teachers_b + temp_b
   gib = 1024 ** 3
   return {
       "stage": stage, "devices": mesh.size, "mesh": dict(mesh.shape),
@@ -264,7 +266,9 @@ def plan(cfg, stage: str, mcfg, mesh, hbm_gb: float) -> dict:
                 "params": int(mcfg.num_params())},
       "batch": [block.batch_size, T], "grad_accum": block.grad_accum,
       "remat": mcfg.remat, "compute_dtype": cfg.model.compute_dtype,
+      "lora_rank": built.lora.rank if built.lora else 0,
       "per_device_gib": {"params": params_b / gib, "optimizer": opt_b / gib,
+                         "adapters": adapters_b / gib,
                          "prune_state_and_counters": other_b / gib,
                          "teachers": teachers_b / gib,
                          "activations_and_temps": temp_b / gib, "total": total / gib},

@@ -9,9 +9,11 @@ A stage's step is `build_step(optimizer, loss, groups, addons)`:
           (`masks`), an optional whole-step loss term (`step_loss`, differentiated when
           `step_loss_trains`) and a `post_update`;
           e.g. learned gates (`jshear.prune.gates.LearnedGates`: sample, Lagrangian, clamp
-          and projection) or the fixed masks of iterative pruning (`FixedMasks`).
+          and projection) or the fixed masks of iterative pruning (`FixedMasks`); an
+          add-on may instead give the forward's LoRA adapters (`adapters`) and freeze the
+          weights (`freezes_weights`: `jshear.train.adapters.LoraAddon`).
 State is a plain dict pytree: step, params, opt_state, rng (raw key data), skipped,
-bad_streak, and what the add-ons keep (`prune`: a PruneState; `masks`, `mask_ste`).
+bad_streak, and what the add-ons keep (`prune`: a PruneState; `masks`, `mask_ste`; `lora`).
 Gradients are accumulated over micro-batches with `lax.scan`; a non-finite loss or
 gradient leaves the state unchanged and is counted. Teachers (distillation) come in as the
 step's third argument.
@@ -61,6 +63,7 @@ class Inputs:
   mask_ste: object = None
   teachers: object = None
   grad_accum: int = 1
+  adapters: object = None  # the forward's LoRA adapters (jshear.model.lora.Adapters)
 
 
 def split_micro(batch: dict, n: int, micro_sharding=None) -> dict:
@@ -80,7 +83,7 @@ def lm_loss(cfg: ModelConfig, compute_dtype=None):
   def loss(state, mb, inp: Inputs):
     logits = forward(state["params"], mb["tokens"], inp.masks, cfg=cfg,
                      positions=mb.get("positions"), segment_ids=mb.get("segment_ids"),
-                     compute_dtype=compute_dtype, mask_ste=inp.mask_ste)
+                     compute_dtype=compute_dtype, mask_ste=inp.mask_ste, adapters=inp.adapters)
     nll, _ = nll_sum(logits, mb)
     return nll / inp.total_tokens, (nll, {})
   return loss
@@ -93,7 +96,7 @@ def lm_kd_loss(cfg: ModelConfig, distill, compute_dtype=None):
     out = forward(state["params"], mb["tokens"], inp.masks, cfg=cfg,
                   positions=mb.get("positions"), segment_ids=mb.get("segment_ids"),
                   compute_dtype=compute_dtype, return_hidden=distill.needs_hidden,
-                  mask_ste=inp.mask_ste)
+                  mask_ste=inp.mask_ste, adapters=inp.adapters)
     logits, hidden = out if distill.needs_hidden else (out, None)
     nll, _ = nll_sum(logits, mb)
     lm = distill.lm_weight_at(inp.step) * (nll / inp.total_tokens)
@@ -112,11 +115,15 @@ def build_step(optimizer: optax.GradientTransformation, loss, *, groups=(WEIGHTS
   mask_addons = [a for a in addons if hasattr(a, "masks")]
   if len(mask_addons) > 1:
     raise ValueError("at most one add-on may give the forward's masks")
+  adapter_addons = [a for a in addons if hasattr(a, "adapters")]
+  if len(adapter_addons) > 1:
+    raise ValueError("at most one add-on may give the forward's adapters")
 
   def step_fn(state, batch, teachers=None):
     step = state["step"]
     trainable = take(state, groups)
     mask_rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), 1)
+    adapter_rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), 2)
     batch = {k: batch[k] for k in batch_keys if k in batch}
     _, weights = token_targets(batch)
     total_tokens = jnp.maximum(jnp.sum(weights), 1.0)
@@ -126,7 +133,10 @@ def build_step(optimizer: optax.GradientTransformation, loss, *, groups=(WEIGHTS
       view = put(state, groups, tr)
       masks, ste = (mask_addons[0].masks(view, mask_rng, step, i) if mask_addons
                     else (None, None))
-      return loss(view, mb, Inputs(step, total_tokens, masks, ste, teachers, grad_accum))
+      adapters = (adapter_addons[0].adapters(view, adapter_rng, step, i) if adapter_addons
+                  else None)
+      return loss(view, mb, Inputs(step, total_tokens, masks, ste, teachers, grad_accum,
+                                   adapters))
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
@@ -198,15 +208,21 @@ def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, *
 
 
 def step_addons(gates: bool = False, fixed_masks: bool = False, warmup_steps: int = 0,
-                size_control: str = "lagrangian", gate_forward: str = "sample") -> tuple:
+                size_control: str = "lagrangian", gate_forward: str = "sample",
+                lora=None) -> tuple:
+  """`lora`: a `jshear.train.adapters.LoraAddon` (None: the weights train)."""
+  out = ()
   if gates:
-    return (LearnedGates(warmup_steps, size_control, gate_forward),)
-  return (FixedMasks(),) if fixed_masks else ()
+    out = (LearnedGates(warmup_steps, size_control, gate_forward),)
+  elif fixed_masks:
+    out = (FixedMasks(),)
+  return out + ((lora,) if lora is not None else ())
 
 
 def step_groups(addons=()) -> tuple:
-  """The weights plus each add-on's declared groups."""
-  return (WEIGHTS,) + tuple(g for a in addons for g in a.groups)
+  """The weights (unless an add-on freezes them) plus each add-on's declared groups."""
+  frozen = any(getattr(a, "freezes_weights", False) for a in addons)
+  return (() if frozen else (WEIGHTS,)) + tuple(g for a in addons for g in a.groups)
 
 
 def make_eval_step(cfg: ModelConfig, compute_dtype=None):

@@ -2,13 +2,20 @@
 
 Distillation's default teacher and dynamic batch loading's reference losses come from the
 unpruned source: the model this run pruned, or the source a pruned model dir records
-(origin.json), never the pruned start itself."""
+(origin.json), never the pruned start itself.
+
+With continued.lora.rank > 0 the stage trains LoRA adapters on the frozen weights; its
+model dir (and so the export) holds the merged dense model, and continued.lora.save_adapters
+also writes the unmerged adapters to WORKDIR/adapters/ (PEFT layout)."""
 
 from __future__ import annotations
 
 import os
 
+import jax
+
 from jshear.errors import JShearError
+from jshear.train.adapters import LoraAddon
 from jshear.train.loop import DomainEval, train_stage
 from jshear.train.stages import prune as prune_stage
 from jshear.train.stages import source as source_mod
@@ -54,8 +61,40 @@ def run(ctx, model: Model) -> Model:
   state, _ = train_stage(ctx, stage, model.cfg, model.params, distill=setup,
                          reference=reference)
   setup = None
-  save_dir(os.path.join(ctx.workdir, stage.output), model, state["params"], model.origin)
-  return Model(model.cfg, gather_params(state["params"]), model.tokenizer, model.origin)
+  params = state["params"]
+  addon = LoraAddon.from_block(block)
+  if addon is not None:
+    if block.lora.save_adapters:
+      _save_adapters(ctx, model, addon, state["lora"])
+    # The dense model W + scale * A B, laid out like the weights it replaces.
+    params = jax.jit(lambda st: addon.merged(model.cfg, st),
+                     out_shardings=jax.tree.map(lambda x: x.sharding, params))(state)
+  save_dir(os.path.join(ctx.workdir, stage.output), model, params, model.origin)
+  return Model(model.cfg, gather_params(params), model.tokenizer, model.origin)
+
+
+def _save_adapters(ctx, model: Model, addon, adapters) -> None:
+  from jshear import distributed
+  from jshear.convert.peft_export import export_adapters
+  cfg = ctx.cfg
+  host = gather_params(adapters)
+  if "finalize" in ctx.stages:
+    base = os.path.join(ctx.workdir, "pruned")
+  else:
+    base = cfg.init_from or cfg.model.source
+  if jax.process_index() == 0:
+    export_adapters(model.cfg, host, os.path.join(ctx.workdir, ADAPTERS_DIR), rank=addon.rank,
+                    alpha=addon.alpha, dropout=addon.dropout, base=base)
+  distributed.barrier("save-adapters")
+
+
+def validate(cfg, model_cfg, spec) -> None:
+  """LoRA's rank must stay below every adapted matrix's smaller dimension (of the shape
+  this stage starts from)."""
+  lc = cfg.continued.get("lora")
+  if lc and int(lc.rank) > 0:
+    from jshear.model import lora
+    lora.validate(model_cfg, int(lc.rank), lora.parse_targets(lc.targets), "continued.lora")
 
 
 def _distill_setup(ctx, student: Model, src: Model | None, steps: int):
@@ -88,6 +127,8 @@ def _distill_setup(ctx, student: Model, src: Model | None, steps: int):
 
 
 DISTILL_SEED_OFFSET = 5  # the teacher draw (several teachers); no stage uses it
+ADAPTERS_DIR = "adapters"  # continued.lora.save_adapters: the unmerged LoRA adapters
 STAGE = Stage("continue", run, block="continued", depends_on=("distill",),
               trains=lambda cfg: True, seed_offset=3, stream_from=prune_stage.STAGE,
-              output="continued", repeats=True)
+              output="continued", also_writes=(ADAPTERS_DIR,), validate=validate,
+              repeats=True)
