@@ -147,7 +147,8 @@ def test_a_stage_from_one_table_row_runs_resumes_and_is_skipped(world, tmp_path,
 
 def test_stage_declarations_are_consistent():
   table = stages.table()
-  assert list(table) == ["pretrain", "prune", "finalize", "continue", "export", "grow"]
+  assert list(table) == ["pretrain", "prune", "finalize", "continue", "export", "grow",
+                         "blockwise"]
   for s in table.values():
     if s.trains is not None:
       assert s.block and s.seed_offset, s.name
