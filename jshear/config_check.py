@@ -265,19 +265,12 @@ CHECKS = tuple(Check(f"{b}.{c.path}", c.rule, c.why, c.when)
     # blockwise local distillation
     Check("blockwise.mode", one_of(BLOCKWISE_MODES)),
     Check("blockwise.rows_per_domain", count(1)),
-    Check("blockwise.steps", count(1)),
-    Check("blockwise.batch_size", count(1)),
     Check("blockwise.record_batch_size", count(1)),
-    Check("blockwise.lr", at_least(0)),
-    Check("blockwise.schedule", one_of(SCHEDULES)),
-    Check("blockwise.warmup_steps", count(0)),
-    Check("blockwise.final_lr_fraction", within(0, 1)),
-    Check("blockwise.weight_decay", at_least(0)),
-    Check("blockwise.b1", within(0, 1, hi_open=True)),
-    Check("blockwise.b2", within(0, 1, hi_open=True)),
-    Check("blockwise.eps", above(0)),
-    Check("blockwise.clip_norm", at_least(0), "0 turns clipping off"),
     Check("blockwise.nmse_eps", above(0)),
+    # its optimizer keys: the training blocks' rules
+    *(Check(f"blockwise.{c.path}", c.rule, c.why) for c in BLOCK_CHECKS
+      if c.path in ("steps", "batch_size", "lr", "schedule", "warmup_steps",
+                    "final_lr_fraction", "weight_decay", "b1", "b2", "eps", "clip_norm")),
 )
 
 

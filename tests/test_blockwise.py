@@ -204,3 +204,14 @@ def test_the_stage_runs_between_finalize_and_continue(tmp_path):
   mtime = os.path.getmtime(os.path.join(wd, "blockwise", "blockwise.json"))
   run(c, wd)   # done: loaded, not trained again
   assert os.path.getmtime(os.path.join(wd, "blockwise", "blockwise.json")) == mtime
+
+
+def test_bad_blockwise_keys_are_named():
+  from jshear.config_base import base_config
+  from jshear.config_check import problems
+  c = base_config()
+  assert problems(c) == []
+  c.blockwise.mode, c.blockwise.lr, c.blockwise.rows_per_domain = "ffn", -1.0, 0
+  found = " ".join(problems(c))
+  for key in ("blockwise.mode='ffn'", "blockwise.lr=-1.0", "blockwise.rows_per_domain=0"):
+    assert key in found, found
