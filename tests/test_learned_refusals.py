@@ -37,18 +37,7 @@ def test_a_group_kept_whole_gets_no_gates():
 
 
 def _refused(world, tmp_path, *flags):
-  path = tiny_world.write_prune_config(world, tmp_path / "cfg.py")
-  w = tmp_path / "w"
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
-  r = subprocess.run([sys.executable, "-m", "jshear.train", f"--config={path}",
-                      f"--workdir={w}", *flags], cwd=REPO, env=env, capture_output=True,
-                     text=True, timeout=300)
-  assert r.returncode == 2, (r.returncode, r.stderr[-3000:])
-  assert "Traceback" not in r.stderr, r.stderr
-  errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-  assert len(errors) == 1 and r.stderr.strip().splitlines()[-1] == errors[0], r.stderr
-  assert not w.exists() or list(w.iterdir()) == []
-  return errors[0]
+  return tiny_world.refused(world, tmp_path, *flags)
 
 
 L = "--config.prune.learned."
