@@ -2,8 +2,6 @@
 would misbehave silently: each a one-line error, exit 2, nothing written."""
 
 import os
-import subprocess
-import sys
 
 import jax
 import pytest
