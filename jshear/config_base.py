@@ -88,6 +88,7 @@ def blockwise_block() -> mlc.ConfigDict:
   c.weight_decay, c.b1, c.b2, c.eps, c.clip_norm = 0.1, 0.9, 0.95, 1e-8, 1.0
   c.nmse_eps = 1e-6             # the loss's denominator guard
   c.record_batch_size = 8       # rows a forward of the source while recording
+  c.ckpt_every = 20             # block-training steps between checkpoints (kill -9 resumes)
   return c
 
 

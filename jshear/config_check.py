@@ -270,7 +270,8 @@ CHECKS = tuple(Check(f"{b}.{c.path}", c.rule, c.why, c.when)
     # its optimizer keys: the training blocks' rules
     *(Check(f"blockwise.{c.path}", c.rule, c.why) for c in BLOCK_CHECKS
       if c.path in ("steps", "batch_size", "lr", "schedule", "warmup_steps",
-                    "final_lr_fraction", "weight_decay", "b1", "b2", "eps", "clip_norm")),
+                    "final_lr_fraction", "weight_decay", "b1", "b2", "eps", "clip_norm",
+                    "ckpt_every")),
 )
 
 

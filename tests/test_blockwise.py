@@ -125,8 +125,8 @@ def _tc(lr=3e-3, clip=1.0):
 
 def test_training_a_block_drives_its_normalised_mse_down(world):
   rec = bw.Recording(world["out"])
-  _, hist = train_blocks(world["cfg"], world["pruned"]["layers"], rec, _tc(), steps=25,
-                         batch_size=4, devices=jax.devices()[:1])
+  hist = train_blocks(world["cfg"], world["pruned"]["layers"], rec, _tc(), steps=25,
+                      batch_size=4, devices=jax.devices()[:1]).history
   assert hist.shape == (25, 3)
   assert np.all(hist[-5:].mean(0) < 0.5 * hist[:3].mean(0)), hist
 
@@ -136,9 +136,9 @@ def test_parallel_and_sequential_block_training_agree_on_1_and_8_devices(world):
   rec = bw.Recording(world["out"])
   layers = world["pruned"]["layers"]
   kw = dict(steps=4, batch_size=3, seed=2)
-  seq, hs = train_blocks(world["cfg"], layers, rec, _tc(), sequential=True, **kw)
+  seq, hs, _ = train_blocks(world["cfg"], layers, rec, _tc(), sequential=True, **kw)
   for devices in (jax.devices()[:1], jax.devices()):   # 3 blocks on 8 devices: 5 padded slots
-    par, hp = train_blocks(world["cfg"], layers, rec, _tc(), devices=devices, **kw)
+    par, hp, _ = train_blocks(world["cfg"], layers, rec, _tc(), devices=devices, **kw)
     np.testing.assert_allclose(hp, hs, rtol=1e-5)
     for name in layers:
       np.testing.assert_allclose(np.asarray(par[name]), np.asarray(seq[name]), atol=2e-6,
@@ -147,11 +147,45 @@ def test_parallel_and_sequential_block_training_agree_on_1_and_8_devices(world):
   assert min(moved.values()) > 0, moved
 
 
+def test_killed_block_training_resumes_at_its_checkpoint_to_the_same_bits(world, tmp_path,
+                                                                         monkeypatch):
+  """Killed after its step-2 save; rerun: it starts at step 2 and ends at the bits and loss
+  history of a run never interrupted. The saved blocks are unpadded, so a rerun on another
+  device count restores them too."""
+  from jshear.checkpoint import Checkpointer
+  rec, layers = bw.Recording(world["out"]), world["pruned"]["layers"]
+  kw = dict(steps=5, batch_size=3, seed=1)
+  straight = train_blocks(world["cfg"], layers, rec, _tc(), **kw)
+  real = Checkpointer.save
+
+  def die_after_first_save(self, step, state, extra, force=False):
+    real(self, step, state, extra, force)
+    self.wait()
+    raise KeyboardInterrupt("killed")
+
+  monkeypatch.setattr(Checkpointer, "save", die_after_first_save)
+  ck = str(tmp_path / "ck")
+  with pytest.raises(KeyboardInterrupt):
+    train_blocks(world["cfg"], layers, rec, _tc(), ckpt_dir=ck, ckpt_every=2, **kw)
+  monkeypatch.setattr(Checkpointer, "save", real)
+  resumed = train_blocks(world["cfg"], layers, rec, _tc(), ckpt_dir=ck, ckpt_every=2, **kw)
+  assert resumed.resumed_from == 2
+  np.testing.assert_array_equal(resumed.history, straight.history)
+  for name in layers:
+    np.testing.assert_array_equal(np.asarray(resumed.layers[name]),
+                                  np.asarray(straight.layers[name]), err_msg=name)
+  again = train_blocks(world["cfg"], layers, rec, _tc(), ckpt_dir=ck, ckpt_every=2,
+                       devices=jax.devices()[:1], **kw)
+  assert again.resumed_from == 5   # finished: nothing left to train
+  np.testing.assert_array_equal(np.asarray(again.layers["w_up"]),
+                                np.asarray(straight.layers["w_up"]))
+
+
 def test_mlp_only_leaves_attention_bitwise_and_refuses_the_parallel_family(world):
   rec = bw.Recording(world["out"])
   layers = world["pruned"]["layers"]
-  out, _ = train_blocks(world["cfg"], layers, rec, _tc(), steps=2, batch_size=2,
-                        mode="mlp_only", devices=jax.devices()[:1])
+  out = train_blocks(world["cfg"], layers, rec, _tc(), steps=2, batch_size=2,
+                     mode="mlp_only", devices=jax.devices()[:1]).layers
   for name in layers:
     same = np.array_equal(np.asarray(out[name]), np.asarray(layers[name]))
     assert same == (name not in bw.MLP_LEAVES), name
@@ -191,19 +225,19 @@ def test_the_stage_runs_between_finalize_and_continue(tmp_path):
   wd = str(tmp_path / "run")
   run(c, wd)
   _, pruned = model_io.load_model(os.path.join(wd, "pruned"))
-  _, blocks = model_io.load_model(os.path.join(wd, "blockwise"))
+  _, blocks = model_io.load_model(os.path.join(wd, "stitched"))
   np.testing.assert_array_equal(np.asarray(blocks["embed"]), np.asarray(pruned["embed"]))
   moved = [n for n in pruned["layers"]
            if not np.array_equal(np.asarray(blocks["layers"][n]), np.asarray(pruned["layers"][n]))]
   assert moved, "no block weight moved"
   import json
-  rec = json.load(open(os.path.join(wd, "blockwise", "blockwise.json")))
+  rec = json.load(open(os.path.join(wd, "stitched", "blockwise.json")))
   assert len(rec["spans"]) == c.prune.target.num_layers
   assert np.mean(rec["nmse_last"]) < np.mean(rec["nmse_first"]), rec
   assert os.path.exists(os.path.join(wd, "continued"))
-  mtime = os.path.getmtime(os.path.join(wd, "blockwise", "blockwise.json"))
+  mtime = os.path.getmtime(os.path.join(wd, "stitched", "blockwise.json"))
   run(c, wd)   # done: loaded, not trained again
-  assert os.path.getmtime(os.path.join(wd, "blockwise", "blockwise.json")) == mtime
+  assert os.path.getmtime(os.path.join(wd, "stitched", "blockwise.json")) == mtime
 
 
 def test_bad_blockwise_keys_are_named():

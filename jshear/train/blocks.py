@@ -9,12 +9,15 @@ against). Every step draws the same rows for every block, from a seeded generato
 
 from __future__ import annotations
 
+import typing
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jshear.blockwise import (Recording, device_assignment, block_groups, nmse_loss,
                               stack_states, unstack)
+from jshear.checkpoint import Checkpointer, abstract_like
 from jshear.optim import build_optimizer
 from jshear.train.step import BATCH_KEYS, build_step, init_state
 
@@ -31,12 +34,19 @@ def row_draws(num_rows: int, batch_size: int, steps: int, seed: int) -> list[np.
   return out
 
 
+class Trained(typing.NamedTuple):
+  layers: dict            # the trained blocks, stacked like the model's params["layers"]
+  history: np.ndarray     # normalised MSE per step and block [steps, blocks]
+  resumed_from: int       # the checkpointed step this call started at (0: from scratch)
+
+
 def train_blocks(cfg, layers, rec: Recording, tc, *, steps: int, batch_size: int,
                  seed: int = 0, mode: str = "entire_block", devices=None,
-                 sequential: bool = False, eps: float = 1e-6):
-  """(trained layers, stacked like `layers`; per-step normalised MSE [steps, blocks]).
-  cfg: the pruned model's config; layers: its params["layers"]; tc: the stage block
-  (lr, schedule, warmup_steps, weight_decay, b1, b2, eps, clip_norm)."""
+                 sequential: bool = False, eps: float = 1e-6, ckpt_dir: str | None = None,
+                 ckpt_every: int = 0) -> Trained:
+  """cfg: the pruned model's config; layers: its params["layers"]; tc: the stage block
+  (lr, schedule, warmup_steps, weight_decay, b1, b2, eps, clip_norm). `ckpt_dir` (parallel
+  runs only): save every `ckpt_every` steps and at the end, resume from the latest save."""
   n = rec.num_blocks
   if batch_size > rec.meta["rows"]:
     raise ValueError(f"batch of {batch_size} rows from a recording of {rec.meta['rows']}")
@@ -57,21 +67,39 @@ def train_blocks(cfg, layers, rec: Recording, tc, *, steps: int, batch_size: int
         states[j], m = one(states[j], {k: v[j] for k, v in batch.items()})
         losses.append(float(m["lm_loss"]))
       history.append(losses)
-    trained = stack_states([s["params"] for s in states])
-  else:
-    devices = list(devices or jax.devices())
-    slots = len(device_assignment(n, len(devices))[0]) * len(devices)
-    pad = slots - n   # copies of the last block fill the slots; their results are dropped
-    mesh = Mesh(np.array(devices), ("block",))
-    shard = NamedSharding(mesh, P("block"))
+    return Trained(stack_states([s["params"] for s in states]), np.asarray(history), 0)
+  if ckpt_dir and ckpt_every < 1:
+    raise ValueError(f"ckpt_every must be >= 1 with a ckpt_dir, got {ckpt_every}")
+  devices = list(devices or jax.devices())
+  slots = len(device_assignment(n, len(devices))[0]) * len(devices)
+  pad = slots - n   # copies of the last block fill the slots; their results are dropped
+  mesh = Mesh(np.array(devices), ("block",))
+  shard = NamedSharding(mesh, P("block"))
+  ckpt = Checkpointer(ckpt_dir, keep_last=2) if ckpt_dir else None
+  start = 0
+  # checkpoints hold the n real blocks, replicated, so a run resumes on any device count
+  whole = NamedSharding(mesh, P())
+  try:
     with jax.set_mesh(mesh):   # its own mesh, inside a run's (data x fsdp x tensor) one
-      state = jax.device_put(stack_states(states + [states[-1]] * pad), shard)
+      state = stack_states(states)
+      if ckpt is not None and ckpt.latest_step() is not None:
+        state, extra = ckpt.restore(abstract_like(state, jax.tree.map(lambda _: whole, state)))
+        start, history = int(extra["step"]), list(extra["history"])
+      state = jax.device_put(jax.tree.map(
+          lambda x: np.concatenate([x, np.repeat(x[-1:], pad, 0)]) if pad else x,
+          jax.device_get(state)), shard)
       run = jax.jit(jax.vmap(step), in_shardings=(shard, shard), out_shardings=(shard, shard))
-      for idx in draws:
+      for i, idx in enumerate(draws[start:], start + 1):
         batch = rec.batch(idx)
         batch = {k: np.concatenate([v, np.repeat(v[-1:], pad, 0)]) if pad else v
                  for k, v in batch.items()}
         state, m = run(state, jax.device_put(batch, shard))
         history.append(np.asarray(m["lm_loss"])[:n].tolist())
+        if ckpt is not None and (i % ckpt_every == 0 or i == steps):
+          real = jax.device_put(jax.tree.map(lambda x: x[:n], state), whole)
+          ckpt.save(i, real, {"step": i, "history": history})
       trained = jax.device_get(jax.tree.map(lambda x: x[:n], state["params"]))
-  return trained, np.asarray(history)
+  finally:
+    if ckpt is not None:
+      ckpt.close()
+  return Trained(trained, np.asarray(history), start)

@@ -41,8 +41,9 @@ def drop(workdir: str, stages, is_done) -> list[str]:
     # with data.stream=shared; a later listing of this stage).
     c = Checkpointer(ck)
     try:
-      if c.latest_step() is not None:
-        write_json_atomic(stream_end_path(workdir, stage), c.read_extra()["loader"])
+      extra = c.read_extra() if c.latest_step() is not None else {}
+      if "loader" in extra:   # stages that read no stream (blockwise) keep no position
+        write_json_atomic(stream_end_path(workdir, stage), extra["loader"])
     finally:
       c.close()
     distributed.barrier(f"drop-{stage}")  # every process has read before process 0 deletes

@@ -1,13 +1,14 @@
 """blockwise: blockwise local distillation (Puzzle's BLD) of the pruned model, between
-finalize and continue -> WORKDIR/blockwise/.
+finalize and continue -> WORKDIR/stitched/ (the pruned model with its trained blocks).
 
 The unpruned source's residual streams at the boundaries of the pruned model's blocks are
 recorded for `blockwise.rows_per_domain` training rows a domain (WORKDIR/blockwise_rec/,
 resumable), every block is trained on its own to map its span's input stream to its output
 (`jshear.train.blocks`, all blocks in one vmapped step), and the trained blocks are put
 back into the pruned model. Embeddings, final norm and head stay as finalize left them.
-A kill during recording resumes at the last complete chunk; a kill during block training
-trains again from step 0 (deterministic: the same bits), the stage's steps being few.
+A kill during recording resumes at the last complete chunk, one during block training at
+the last checkpoint (WORKDIR/blockwise/checkpoints, every `blockwise.ckpt_every` steps),
+to the bits of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -76,17 +77,19 @@ def run(ctx, model: Model) -> Model:
   bw.record(src.cfg, src.params, rows, spans, rec_dir, hidden_keep=hidden, hidden_scale=scale,
             batch_size=block.record_batch_size)
   rec = bw.Recording(rec_dir)
-  layers, history = train_blocks(model.cfg, model.params["layers"], rec, block,
-                                 steps=block.steps, batch_size=min(block.batch_size, len(
-                                     rows["tokens"])), seed=stage.seed(cfg), mode=block.mode,
-                                 eps=block.nmse_eps)
-  params = {**model.params, "layers": jax.device_get(layers)}
+  trained = train_blocks(model.cfg, model.params["layers"], rec, block, steps=block.steps,
+                         batch_size=min(block.batch_size, len(rows["tokens"])),
+                         seed=stage.seed(cfg), mode=block.mode, eps=block.nmse_eps,
+                         ckpt_dir=os.path.join(ctx.workdir, stage.name, "checkpoints"),
+                         ckpt_every=block.ckpt_every)
+  history = trained.history
+  params = {**model.params, "layers": jax.device_get(trained.layers)}
   out = Model(model.cfg, params, model.tokenizer, model.origin)
   save_dir(os.path.join(ctx.workdir, stage.output), out, params, model.origin)
   write_json_atomic(os.path.join(ctx.workdir, stage.output, "blockwise.json"), {
       "spans": [list(s) for s in spans], "rows": int(len(rows["tokens"])),
       "nmse_first": history[0].tolist(), "nmse_last": history[-1].tolist(),
-      "devices": jax.device_count(),
+      "devices": jax.device_count(), "resumed_from_step": trained.resumed_from,
       "assignment": bw.device_assignment(len(spans), jax.device_count())})
   ctx.out["blockwise_nmse"] = {"first": float(np.mean(history[0])),
                                "last": float(np.mean(history[-1]))}
@@ -100,4 +103,4 @@ def _validate(cfg, model_cfg, spec):
 
 
 STAGE = Stage("blockwise", run, block="blockwise", defaults=blockwise_block, seed_offset=7,
-              output="blockwise", also_writes=("blockwise_rec",), validate=_validate)
+              output="stitched", also_writes=("blockwise_rec",), validate=_validate)
