@@ -228,15 +228,53 @@ def test_recovery_variants_full_and_lora_give_one_row_each_per_method():
   cfg.compare = mlc.ConfigDict({"methods": "magnitude,layerchop:input,scratch",
                                 "recovery": "full,lora:8"})
   rows = compare.runs(cfg)
-  assert [(n, r) for n, _, _, r in rows] == [
+  assert [(n, r.lora_rank) for n, _, _, r in rows] == [
       ("magnitude", 0), ("magnitude-lora8", 8), ("layerchop-input", 0),
       ("layerchop-input-lora8", 8), ("scratch", 0)]
-  lora_cfg = compare.method_config(cfg, "magnitude", None, 8)
+  lora_cfg = compare.method_config(cfg, "magnitude", None, rows[1][3])
   assert lora_cfg.continued.lora.rank == 8 and lora_cfg.prune.lora.rank == 0
   assert compare.method_config(cfg, "magnitude", None).continued.lora.rank == 0
   from jshear import config_check
   assert config_check.problems(lora_cfg) == []
   for bad, pattern in (("lora", "unknown variant 'lora'"), ("lora:0", "unknown variant"),
-                       ("qlora:4", "unknown variant"), ("full,full", "twice"), ("", "empty")):
+                       ("qlora:4", "unknown variant"), ("full,full", "twice"), ("", "empty"),
+                       ("blockwise+blockwise", "unknown variant"), ("full+distill", "unknown"),
+                       ("distill+blockwise,blockwise+distill", "twice")):
     with pytest.raises(JShearError, match=pattern):
       compare.parse_recovery(bad)
+
+
+def test_the_four_way_recovery_rows_spend_equal_tokens():
+  """full, blockwise, distill, blockwise+distill: blockwise rows run the stage between
+  finalize and continue and give up the continued steps holding their block-training rows;
+  distill rows distil; every row's prune + blockwise + continued tokens are equal."""
+  cfg = tiny_world.config({"hf": "", "data": ""})
+  cfg.distill.enable = False
+  cfg.continued.steps, cfg.continued.batch_size = 20, 4
+  cfg.blockwise.steps, cfg.blockwise.batch_size = 6, 2     # 12 rows: 3 continued steps
+  cfg.compare = mlc.ConfigDict({"methods": "magnitude", "equal_tokens": True,
+                                "recovery": "full,blockwise,distill,blockwise+distill"})
+  rows = compare.runs(cfg)
+  assert [n for n, *_ in rows] == ["magnitude", "magnitude-blockwise", "magnitude-distill",
+                                   "magnitude-blockwise-distill"]
+  configs = {n: compare.method_config(cfg, m, lay, r) for n, m, lay, r in rows}
+  got = {n: (c.stages, c.continued.steps, bool(c.distill.enable)) for n, c in configs.items()}
+  plain, with_blocks = cfg.stages, cfg.stages.replace("finalize", "finalize,blockwise")
+  one_shot = 20 + compare._extra_steps(cfg.prune, cfg.continued)   # magnitude: prune's too
+  assert got == {"magnitude": (plain, one_shot, False),
+                 "magnitude-blockwise": (with_blocks, one_shot - 3, False),
+                 "magnitude-distill": (plain, one_shot, True),
+                 "magnitude-blockwise-distill": (with_blocks, one_shot - 3, True)}
+  from jshear import config_check
+  for c in configs.values():
+    assert config_check.problems(c) == []
+  summaries = {n: {} for n in configs}
+  res = compare.collect(cfg, [(n, m, lay) for n, m, lay, _ in rows], summaries, configs)
+  totals = {n: r["total_tokens"] for n, r in res["methods"].items()}
+  assert len(set(totals.values())) == 1, totals
+  assert {n: r["recovery"] for n, r in res["methods"].items()} == {
+      "magnitude": "full", "magnitude-blockwise": "blockwise", "magnitude-distill": "distill",
+      "magnitude-blockwise-distill": "blockwise+distill"}
+  cfg.blockwise.steps = 100
+  with pytest.raises(JShearError, match="leaves no continued steps"):
+    compare.method_config(cfg, "magnitude", None, rows[1][3])

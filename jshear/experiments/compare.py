@@ -7,10 +7,14 @@ The config is a normal run config plus `compare.methods`, a comma-separated list
 `prune.method` values; `layerchop:<layout>` picks a LayerCHOP layout (e.g.
 "layerchop:input,layerchop:both"). Each method is its own resumable pipeline run in
 DIR/<method> (the name with ':' as '-'); a finished one is reused, not rerun.
-`compare.recovery` (default "full") lists how each method recovers in the continue stage:
-`full` (every weight trains) and/or `lora:RANK` (LoRA adapters on the frozen pruned model,
-continued.lora.*, merged at the end), e.g. "full,lora:8" runs every method twice, the LoRA
-rows in DIR/<method>-lora8 (scratch pretrains, so it has only its full row). Then:
+`compare.recovery` (default "full") lists how each method recovers after pruning: `full`
+(continued pretraining of every weight), or `+`-joined parts: `blockwise` (the blockwise
+stage between finalize and continue; at equal tokens its block-training rows come out of
+the continued steps), `distill` (logit distillation from the source, the distill block)
+and `lora:RANK` (LoRA adapters on the frozen pruned model, continued.lora.*, merged at the
+end). "full,blockwise,distill,blockwise+distill" is the four-way recovery; each variant's
+rows live in DIR/<method><suffix>, e.g. DIR/importance-blockwise-distill (scratch pretrains,
+so it has only its full row). Then:
 
   DIR/compare.json  per method: params, target shape, per-domain held-out loss of the final
                     model and its mean, zero-shot accuracy on `compare.zeroshot_tasks` (the
@@ -33,6 +37,7 @@ import json
 import logging
 import os
 import time
+import typing
 
 import ml_collections as mlc
 
@@ -68,46 +73,67 @@ def parse_methods(text: str) -> list[tuple[str, str, str | None]]:
   return out
 
 
-def parse_recovery(text: str) -> list[tuple[str, int]]:
-  """"full,lora:8" -> [("", 0), ("-lora8", 8)]: each variant's run-name suffix and LoRA rank
-  (0: full continued pretraining)."""
+class Recovery(typing.NamedTuple):
+  """One way to recover after pruning: a row suffix and what it turns on."""
+  suffix: str = ""          # the run name's suffix ("" for full continued pretraining)
+  lora_rank: int = 0        # > 0: LoRA adapters on the frozen pruned model
+  blockwise: bool = False   # the blockwise stage between finalize and continue
+  distill: bool = False     # logit distillation from the source in the continue stage
+
+
+FULL = Recovery()
+
+
+def parse_recovery(text: str) -> list[Recovery]:
+  """"full,blockwise,distill,blockwise+distill,lora:8": one Recovery per item. An item is
+  `full`, or `+`-joined parts among `blockwise`, `distill` and `lora:RANK`; its suffix
+  names the parts in that order ("-blockwise-distill", "-lora8")."""
   out, seen = [], set()
   for item in (s.strip() for s in str(text).split(",")):
     if not item:
       continue
-    kind, _, rank = item.partition(":")
-    if item == "full":
-      out.append(("", 0))
-    elif kind == "lora" and rank.isdigit() and int(rank) > 0:
-      out.append((f"-lora{int(rank)}", int(rank)))
-    else:
-      raise JShearError(f"compare.recovery: unknown variant {item!r} (known: full, lora:RANK "
-                        f"with RANK >= 1)")
-    if out[-1] in seen:
+    parts = {}
+    for part in (item.split("+") if item != "full" else []):
+      kind, _, rank = part.partition(":")
+      if part in ("blockwise", "distill") and part not in parts:
+        parts[part] = True
+      elif kind == "lora" and rank.isdigit() and int(rank) > 0 and "lora" not in parts:
+        parts["lora"] = int(rank)
+      else:
+        raise JShearError(f"compare.recovery: unknown variant {item!r} (known: full, or "
+                          "+-joined blockwise, distill, lora:RANK with RANK >= 1, each once)")
+    names = [n for n in ("blockwise", "distill") if n in parts]
+    names += [f"lora{parts['lora']}"] if "lora" in parts else []
+    r = Recovery("".join(f"-{n}" for n in names), parts.get("lora", 0),
+                 "blockwise" in parts, "distill" in parts)
+    if r in seen:
       raise JShearError(f"compare.recovery lists {item!r} twice")
-    seen.add(out[-1])
+    seen.add(r)
+    out.append(r)
   if not out:
     raise JShearError("compare.recovery is empty")
   return out
 
 
-def runs(cfg) -> list[tuple[str, str, str | None, int]]:
-  """(run name, prune.method, layout, LoRA rank) of every row: compare.methods times
+def runs(cfg) -> list[tuple[str, str, str | None, Recovery]]:
+  """(run name, prune.method, layout, recovery) of every row: compare.methods times
   compare.recovery (scratch: its full row only)."""
   methods = parse_methods(cfg.compare.methods if "compare" in cfg else DEFAULT_METHODS)
   recovery = parse_recovery(cfg.compare.get("recovery", "full") if "compare" in cfg else "full")
-  return [(name + suffix, method, layout, rank) for name, method, layout in methods
-          for suffix, rank in recovery if not (method == "scratch" and rank)]
+  return [(name + r.suffix, method, layout, r) for name, method, layout in methods
+          for r in recovery if not (method == "scratch" and r != FULL)]
 
 
-def method_config(cfg, method: str, layout: str | None, lora_rank: int = 0):
+def method_config(cfg, method: str, layout: str | None, recovery: Recovery = FULL):
   """The run config of one method: the shared config with its prune.method (and layout),
   the method blocks it does not read (prune.learned, .layerchop, .dimchop, .calib) at their
-  defaults; `lora_rank` > 0 recovers with LoRA (continued.lora.rank), 0 with every weight.
+  defaults, recovering as `recovery` says: LoRA (continued.lora.rank), the blockwise stage
+  after finalize, distillation (distill.enable), or plain continued pretraining.
 
   With compare.equal_tokens, a method that does not train while pruning gets the pruning
-  stage's tokens as extra continued-pretraining steps, so every method trains on the same
-  total. `scratch` trains the target shape from random initialisation on that total."""
+  stage's tokens as extra continued-pretraining steps, and a blockwise row gives up
+  continued steps holding its block-training rows, so every row trains on the same total.
+  `scratch` trains the target shape from random initialisation on that total."""
   from jshear.train.pipeline import trains_in_prune
   from jshear.config_base import reset_unread_blocks
   c = mlc.ConfigDict(cfg.to_dict())
@@ -117,7 +143,17 @@ def method_config(cfg, method: str, layout: str | None, lora_rank: int = 0):
   c.final_eval = True  # the comparison needs every final model's held-out loss
   if method == "scratch":
     return _scratch_config(c, extra)
-  c.continued.lora.rank = int(lora_rank)
+  c.continued.lora.rank = int(recovery.lora_rank)
+  if recovery.distill:
+    c.distill.enable = True
+  if recovery.blockwise:
+    from jshear.train.pipeline import parse_stages
+    stages = parse_stages(c.stages)
+    if "finalize" not in stages or "continue" not in stages:
+      raise JShearError(f"compare.recovery 'blockwise' needs stages with finalize and "
+                        f"continue, got stages={c.stages!r}")
+    stages.insert(stages.index("finalize") + 1, "blockwise")
+    c.stages = ",".join(stages)
   c.prune.method = method
   if layout:
     c.prune.layerchop.layout = layout
@@ -126,6 +162,13 @@ def method_config(cfg, method: str, layout: str | None, lora_rank: int = 0):
   if extra.get("equal_tokens", False) and not trains_in_prune(c):
     k = c.continued
     k.steps = int(k.steps) + _extra_steps(c.prune, k)
+  if extra.get("equal_tokens", False) and recovery.blockwise:
+    k = c.continued
+    k.steps = int(k.steps) - _extra_steps(c.blockwise, k)
+    if k.steps < 1:
+      raise JShearError(f"compare.recovery 'blockwise': blockwise.steps x batch_size "
+                        f"({c.blockwise.steps} x {c.blockwise.batch_size} rows) leaves no "
+                        f"continued steps at equal tokens")
   return c
 
 
@@ -318,16 +361,21 @@ def collect(cfg, methods, summaries: dict, configs: dict) -> dict:
     block = configs[name].pretrain if "pretrain" in mine else configs[name].continued
     cont_tokens = _tokens(block, seq) if ("continue" in mine or "pretrain" in mine) else 0
     lc = configs[name].continued.get("lora")
+    parts = (["blockwise"] if "blockwise" in mine else []) + (
+        ["distill"] if "continue" in mine and configs[name].distill.get("enable") else []) + (
+        [f"lora:{lc.rank}"] if lc and lc.rank and "continue" in mine else [])
+    block_tokens = _tokens(configs[name].blockwise, seq) if "blockwise" in mine else 0
     out["methods"][name] = {
         "method": method, "layout": layout if method == "layerchop" else None,
-        "recovery": (f"lora:{lc.rank}" if lc and lc.rank and "continue" in mine else "full"),
+        "recovery": "+".join(parts) or "full",
         "params": s.get("final_params"),
         "shape": {k: fc.get(k) for k in ("num_layers", "num_heads", "num_kv_heads",
                                          "hidden_size", "intermediate_size")},
         "eval": final, "mean_loss": _mean(final), "wall_s": s.get("wall_s"),
         "prune_tokens": prune_tokens,
+        "blockwise_tokens": block_tokens,   # block-training rows (all blocks see each)
         "continue_tokens": cont_tokens,
-        "total_tokens": prune_tokens + cont_tokens,
+        "total_tokens": prune_tokens + block_tokens + cont_tokens,
         "heldout": s.get("heldout"),
         "tokens_per_s": s.get("tokens_per_s"), "hf_dir": s.get("hf_dir"),
         "workdir": s.get("workdir"), "zero_shot": s.get("zero_shot")}
@@ -442,7 +490,7 @@ def plot(res: dict, path: str) -> bool:
 def final_model_dir(workdir: str) -> str:
   """The last model a run wrote (for runs without an export stage)."""
   from jshear.model_io import is_jshear_dir
-  for name in ("continued", "pruned", "pretrained"):
+  for name in ("continued", "stitched", "pruned", "pretrained"):
     if is_jshear_dir(os.path.join(workdir, name)):
       return os.path.join(workdir, name)
   raise JShearError(f"{workdir} has no finished model to evaluate")
@@ -505,7 +553,7 @@ def compare(cfg, workdir: str) -> dict:
   workdir = os.path.abspath(workdir)
   rows = runs(cfg)
   methods = [(name, m, layout) for name, m, layout, _ in rows]
-  configs = {name: method_config(cfg, m, layout, rank) for name, m, layout, rank in rows}
+  configs = {name: method_config(cfg, m, layout, r) for name, m, layout, r in rows}
   _validate(configs)  # every method's config, before spending time on the first
   summaries = {}
   tasks_spec, limit = "", 0
