@@ -278,3 +278,16 @@ def test_the_four_way_recovery_rows_spend_equal_tokens():
   cfg.blockwise.steps = 100
   with pytest.raises(JShearError, match="leaves no continued steps"):
     compare.method_config(cfg, "magnitude", None, rows[1][3])
+
+
+def test_the_final_model_is_the_last_listed_stage_output(tmp_path):
+  """pretrain,grow,pretrain: pretrained_2 (not the small model in pretrained/); a workdir
+  without config.json falls back to the usual output names."""
+  from jshear.model_io import CONFIG_FILE
+  for d in ("pretrained", "grown", "pretrained_2"):
+    os.makedirs(tmp_path / d)
+    (tmp_path / d / CONFIG_FILE).write_text("{}")
+  (tmp_path / "config.json").write_text(json.dumps({"stages": "pretrain,grow,pretrain,export"}))
+  assert compare.final_model_dir(str(tmp_path)) == str(tmp_path / "pretrained_2")
+  os.remove(tmp_path / "config.json")
+  assert compare.final_model_dir(str(tmp_path)) == str(tmp_path / "pretrained")

@@ -488,9 +488,22 @@ def plot(res: dict, path: str) -> bool:
 
 
 def final_model_dir(workdir: str) -> str:
-  """The last model a run wrote (for runs without an export stage)."""
+  """The last model a run wrote: the output of the last stage in its config.json's stages
+  that left one (pretrained_2 after pretrain,grow,pretrain), else the first of the usual
+  output dirs present."""
   from jshear.model_io import is_jshear_dir
-  for name in ("continued", "stitched", "pruned", "pretrained"):
+  names = []
+  cfg_path = os.path.join(workdir, "config.json")
+  if os.path.exists(cfg_path):
+    from jshear.train import stages as stage_table
+    with open(cfg_path) as f:
+      run_cfg = json.load(f)
+    listed = [s.strip() for s in str(run_cfg.get("stages", "")).split(",") if s.strip()]
+    try:
+      names = [s.output for s in reversed(stage_table.occurrences(listed, run_cfg)) if s.output]
+    except (JShearError, KeyError, TypeError):
+      names = []   # an older or foreign stage list: fall back to the usual names
+  for name in names + ["continued", "stitched", "pruned", "pretrained"]:
     if is_jshear_dir(os.path.join(workdir, name)):
       return os.path.join(workdir, name)
   raise JShearError(f"{workdir} has no finished model to evaluate")
