@@ -52,6 +52,10 @@ def test_compare_two_methods(world, tmp_path):
   # Both methods pruned the same source to the same size: equal parameter counts.
   assert len({r["params"] for r in res["methods"].values()}) == 1
   assert res["source"]["mean_loss"] > 0
+  # every model scored once: the source for the whole comparison, not in every method's run
+  assert res["source"]["mean_loss"] == pytest.approx(
+      json.load(open(tmp_path / "source_heldout.json"))["heldout"]["mean"])
+  assert "eval" not in json.load(open(tmp_path / "magnitude" / "summary.json"))
   with open(tmp_path / "compare.json") as f:
     assert json.load(f)["methods"]["layerchop-input"]["layout"] == "input"
   md = (tmp_path / "compare.md").read_text()
@@ -177,7 +181,7 @@ def test_demo_config_is_valid():
   from jshear.eval import tasks
   tasks.parse_task_names(cfg.compare.zeroshot_tasks)
   c = compare.method_config(cfg, "layerchop", "both")
-  assert "compare" not in c and c.prune.layerchop.layout == "both" and c.final_eval
+  assert "compare" not in c and c.prune.layerchop.layout == "both" and not c.final_eval
   # Equal total tokens: one-shot methods continue for the pruning steps too; learned
   # masks (which train while pruning) keep the shared continued budget.
   k, p = cfg.continued, cfg.prune

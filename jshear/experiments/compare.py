@@ -140,7 +140,9 @@ def method_config(cfg, method: str, layout: str | None, recovery: Recovery = FUL
   extra = mlc.ConfigDict(c.compare.to_dict()) if "compare" in c else mlc.ConfigDict()
   if "compare" in c:
     del c["compare"]
-  c.final_eval = True  # the comparison needs every final model's held-out loss
+  # Each final model (and the source, once) is scored by `heldout` here, per row and cached;
+  # the run's own final eval would score the source again in every row.
+  c.final_eval = False
   if method == "scratch":
     return _scratch_config(c, extra)
   c.continued.lora.rank = int(recovery.lora_rank)
@@ -487,6 +489,25 @@ def plot(res: dict, path: str) -> bool:
   return True
 
 
+def _domain_losses(h: dict) -> dict:
+  return {d: v["loss"] for d, v in h["domains"].items()}
+
+
+def _source_heldout(cfg, configs, summaries, workdir: str, rows: int) -> dict | None:
+  """The source model's row, scored once for the whole comparison (cached in
+  DIR/source_heldout.json); None when no method starts from a source (all from scratch)."""
+  from jshear.train.pipeline import parse_stages
+  from jshear.train.stages.common import resolve_source
+  pruned = [n for n, c in configs.items() if "pretrain" not in parse_stages(c.stages)]
+  if not pruned:
+    return None
+  src_dir = cfg.init_from or resolve_source(cfg.model.source)
+  h = heldout(configs[pruned[0]], src_dir, os.path.join(workdir, "source_heldout.json"), rows)
+  ev = _domain_losses(h)
+  return {"params": summaries[pruned[0]].get("source_params"), "eval": ev,
+          "mean_loss": _mean(ev), "heldout": h}
+
+
 def final_model_dir(workdir: str) -> str:
   """The last model a run wrote: the output of the last stage in its config.json's stages
   that left one (pretrained_2 after pretrain,grow,pretrain), else the first of the usual
@@ -584,11 +605,15 @@ def compare(cfg, workdir: str) -> dict:
     summaries[name] = run_one(configs[name], os.path.join(workdir, name))
     summaries[name]["heldout"] = heldout(configs[name], final_model_dir(
         os.path.join(workdir, name)), os.path.join(workdir, name, "heldout.json"), rows)
+    summaries[name]["eval"] = {"final": _domain_losses(summaries[name]["heldout"])}
     if tasks_spec:
       final = summaries[name].get("hf_dir") or final_model_dir(summaries[name]["workdir"])
       summaries[name]["zero_shot"] = zero_shot(
           final, os.path.join(workdir, name, "zeroshot.json"), tasks_spec, limit)
+  source_row = _source_heldout(cfg, configs, summaries, workdir, rows)
   res = collect(cfg, methods, summaries, configs)
+  if source_row is not None:
+    res["source"] = source_row
   res["zeroshot_limit"] = limit
   if paired_with:
     from jshear.eval.heldout import paired_difference
