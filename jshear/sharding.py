@@ -31,6 +31,10 @@ RULES = (
     ("norm", None),
     ("lora_rank", None),  # LoRA's rank: small, replicated (docs/memory_plan.md: fsdp here
                           # stored less but planned 3.9 GiB more temporaries on 2.7B)
+    # an adapter's weight-side dims beside heads: fsdp (and tensor, as the weight's), so no
+    # adapter half is whole on every fsdp device (jshear/model/lora.py)
+    ("lora_head_dim", "fsdp"),
+    ("lora_mlp", ("tensor", "fsdp")),
 )
 _log = logging.getLogger(__name__)
 

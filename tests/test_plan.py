@@ -103,12 +103,13 @@ def test_a_lora_continue_stage_plans_with_sharded_adapters_and_small_optimizer_s
   out = plan.plan(cfg, "continue", mcfg, mesh, 80.0)
   gib = out["per_device_gib"]
   assert out["lora_rank"] == 4 and full["lora_rank"] == 0
-  # Per device: B [L, r, H, Dh] does not shard on fsdp (its dims are rank and heads).
-  assert 0 < gib["optimizer"] < 0.3 * full["per_device_gib"]["optimizer"]
+  # Per device: every adapter half shards on fsdp (B [L, r, H, Dh] on Dh), so the moments
+  # are ~8% of full's here (20% when B of q/k/v/gate/up sat whole on every device).
+  assert 0 < gib["optimizer"] < 0.1 * full["per_device_gib"]["optimizer"]
   assert gib["adapters"] > 0 and gib["params"] == full["per_device_gib"]["params"]
   assert abs(gib["total"] - sum(v for k, v in gib.items() if k != "total")) < 1e-9
   built, _, _ = plan.stage_plan(cfg, "continue", mcfg, mesh)
   a_q, b_q = (built.shardings["lora"]["q"][k].spec for k in ("a", "b"))
   assert tuple(a_q) == (None, "fsdp", None)            # layers, embed -> fsdp, rank
-  assert all(x is None for x in b_q)                  # heads on tensor (size 1 here)
+  assert tuple(b_q) == (None, None, None, "fsdp")     # layers, rank, heads (tensor: 1), Dh
   assert [g.name for g in built.groups] == ["adapters"]

@@ -86,10 +86,17 @@ def adapter_shapes(cfg: ModelConfig, rank: int, targets) -> dict:
           for t, (i, o, _, _) in _dims(cfg).items() if t in targets}
 
 
+# An adapter half's weight-side dims get their own logical names, which shard over fsdp as
+# well as tensor: the rank axis stays replicated (sharding it costs activations), so
+# without this, under pure FSDP, a half without an `embed` dim (B of q, k, v, gate, up; A of
+# o, down) would sit whole on every device.
+_ADAPTER_AXIS = {"head_dim": "lora_head_dim", "mlp": "lora_mlp"}
+
+
 def adapter_axes(cfg: ModelConfig, targets) -> dict:
-  """Logical axis names (jshear.sharding.RULES); the rank axis is replicated, so under
-  pure FSDP an adapter half without an `embed` dim (B of q, k, v, gate, up) is too."""
-  return {t: {"a": ("layers", *ia, "lora_rank"), "b": ("layers", "lora_rank", *oa)}
+  """Logical axis names (jshear.sharding.RULES) of every adapter half."""
+  name = lambda axes: tuple(_ADAPTER_AXIS.get(a, a) for a in axes)  # noqa: E731
+  return {t: {"a": ("layers", *name(ia), "lora_rank"), "b": ("layers", "lora_rank", *name(oa))}
           for t, (_, _, ia, oa) in _dims(cfg).items() if t in targets}
 
 
