@@ -200,9 +200,12 @@ def main():
       p.error(f"--{k} must be positive, got {getattr(a, k)}")
   emit = common.emit
   if a.out:
-    os.makedirs(a.out, exist_ok=True)
     path = os.path.join(a.out, "blockwise.jsonl")
-    open(path, "w").close()   # this run's figures only
+    try:
+      os.makedirs(a.out, exist_ok=True)
+      open(path, "w").close()   # this run's figures only
+    except OSError as exc:
+      p.error(f"--out {a.out}: {exc.strerror}")
 
     def emit(**kw):
       common.emit(**kw)
