@@ -17,6 +17,8 @@ without stopping the rest:
                   compute; each step in its own process, so its peak memory is its own
   5 planner       jshear.train.plan's estimate (CPU, ahead of time, as users run it) vs the
                   measured peak device memory of the same steps
+  6 blockwise     bench/blockwise.py: block training vs a distillation continue step, tokens/s
+                  and compiled memory of each, the per-device work split (demo shapes)
 Targets are printed next to the figures, not asserted.
 """
 
@@ -35,7 +37,7 @@ import common  # noqa: E402  (sets sys.path and the allocator first)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-PARTS = ("environment", "kernels", "attention", "train_step", "planner")
+PARTS = ("environment", "kernels", "attention", "train_step", "planner", "blockwise")
 TARGETS = {"pallas_vs_cudnn_max": 1.3, "pallas_vs_xla_min": 3.0, "mfu_min": 0.45,
            "planner_rel_err_max": 0.2}
 GIB = 1024 ** 3
@@ -47,11 +49,13 @@ GIB = 1024 ** 3
 def sizes(smoke: bool) -> dict:
   if smoke:
     return dict(peak_n=256, attn=dict(seqs=(128,), tokens=128, N=4, KV=2, D=32, iters=1),
-                step_warmup=1, step_iters=1, worker_timeout=240, kernel_budget_s=60, budget_s=300)
+                step_warmup=1, step_iters=1, worker_timeout=240, kernel_budget_s=60, budget_s=300,
+                blockwise_rounds=1)
   # budget_s: the whole run, under the 8 minutes one device call is planned for.
   return dict(peak_n=8192, attn=dict(seqs=(2048, 4096, 8192), tokens=16384, N=16, KV=16, D=128,
                                      iters=10),
-              step_warmup=2, step_iters=5, worker_timeout=240, kernel_budget_s=120, budget_s=460)
+              step_warmup=2, step_iters=5, worker_timeout=240, kernel_budget_s=120, budget_s=460,
+              blockwise_rounds=3)
 
 
 def step_specs(smoke: bool) -> dict:
@@ -433,6 +437,18 @@ def planner_vs_measured(name, plan, step) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
+# 6 blockwise (bench/blockwise.py, in this process: its memory figures are compile-time)
+
+def part_blockwise(rec: Recorder, sz: dict, state: dict):
+  if _left(state) < 60:
+    rec.add("blockwise", "skipped", reason="time budget")
+    return
+  import blockwise as blockwise_bench
+  blockwise_bench.run(small=state["smoke"], rounds=sz["blockwise_rounds"],
+                      emit=lambda **kw: rec.add("blockwise", **kw))
+
+
+# --------------------------------------------------------------------------------------------
 # workers
 
 def _memory_estimate(compiled):
@@ -589,7 +605,8 @@ def main():
   t0 = time.perf_counter()
   rec, sz = Recorder(a.out), sizes(a.smoke)
   state = {"smoke": a.smoke, "deadline": t0 + (a.budget_s or sz["budget_s"])}
-  parts = (part_environment, part_kernels, part_attention, part_train_step, part_planner)
+  parts = (part_environment, part_kernels, part_attention, part_train_step, part_planner,
+           part_blockwise)
   chosen = a.parts.split(",") if a.parts else PARTS
   for name, fn in zip(PARTS, parts):
     if name in chosen:

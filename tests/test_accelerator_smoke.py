@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PARTS = ("environment", "kernels", "attention", "train_step", "planner")
+PARTS = ("environment", "kernels", "attention", "train_step", "planner", "blockwise")
 
 
 def test_smoke_run_records_every_part(tmp_path):
@@ -34,5 +34,12 @@ def test_smoke_run_records_every_part(tmp_path):
   assert all(r["mfu"] > 0 for r in by("train_step") if "mfu" in r)
   plans = {r["name"] for r in by("planner") if "planner_gib" in r}
   assert plans == {"llama1b_continue", "llama1b_prune"}
+  figs = {r.get("figure"): r for r in by("blockwise")}
+  assert all(figs[f"{k}_step"]["tokens_per_s"] > 0 and figs[f"{k}_step"]["peak_bytes"] > 0
+             for k in ("blocks", "distill", "record"))
+  assert figs["ratios"]["blocks_over_distill_tokens_per_s"] > 0
+  split = figs["work_split"]   # every block on exactly one device, padding to equal slots
+  assert sorted(b for d in split["assignment"] for b in d) == list(range(split["blocks"]))
+  assert split["devices"] * split["slots_per_device"] == split["blocks"] + split["padded_slots"]
   summary = (tmp_path / "summary.md").read_text()
   assert all(f"## {part}: ok" in summary for part in PARTS)

@@ -40,6 +40,42 @@ class Trained(typing.NamedTuple):
   resumed_from: int       # the checkpointed step this call started at (0: from scratch)
 
 
+def block_step(cfg, tc, steps: int, mode: str = "entire_block", eps: float = 1e-6):
+  """One block's step: the one train step with the normalised-MSE loss. Returns (step,
+  optimizer, groups)."""
+  groups = block_groups(cfg, mode)
+  opt = build_optimizer(tc, steps, groups)
+  step = build_step(opt, nmse_loss(cfg, eps), groups=groups, batch_keys=BATCH_KEYS + ("x", "y"))
+  return step, opt, groups
+
+
+def block_states(layers, n: int, opt, groups, seed: int) -> list:
+  """The initial train state of each of the n blocks (on the host)."""
+  layers = jax.device_get(layers)   # off the run's mesh: the blocks get their own
+  return [init_state(b, opt, seed * 1000 + j, groups=groups)
+          for j, b in enumerate(unstack(layers, n))]
+
+
+def block_layout(n: int, devices=None):
+  """(mesh, sharding, pad) for n blocks on a 1-D `block` mesh of `devices` (default: all):
+  the block axis padded by `pad` slots to ceil(n / devices) a device."""
+  devices = list(devices or jax.devices())
+  pad = len(device_assignment(n, len(devices))[0]) * len(devices) - n
+  mesh = Mesh(np.array(devices), ("block",))
+  return mesh, NamedSharding(mesh, P("block")), pad
+
+
+def pad_blocks(tree, pad: int):
+  """Copies of the last block fill the padded slots; their results are dropped."""
+  return jax.tree.map(lambda x: np.concatenate([x, np.repeat(x[-1:], pad, 0)]) if pad else x,
+                      tree)
+
+
+def parallel_step(step, shard):
+  """All blocks' step at once: vmap of one block's step over the sharded block axis."""
+  return jax.jit(jax.vmap(step), in_shardings=(shard, shard), out_shardings=(shard, shard))
+
+
 def train_blocks(cfg, layers, rec: Recording, tc, *, steps: int, batch_size: int,
                  seed: int = 0, mode: str = "entire_block", devices=None,
                  sequential: bool = False, eps: float = 1e-6, ckpt_dir: str | None = None,
@@ -50,12 +86,8 @@ def train_blocks(cfg, layers, rec: Recording, tc, *, steps: int, batch_size: int
   n = rec.num_blocks
   if batch_size > rec.meta["rows"]:
     raise ValueError(f"batch of {batch_size} rows from a recording of {rec.meta['rows']}")
-  groups = block_groups(cfg, mode)
-  opt = build_optimizer(tc, steps, groups)
-  step = build_step(opt, nmse_loss(cfg, eps), groups=groups, batch_keys=BATCH_KEYS + ("x", "y"))
-  layers = jax.device_get(layers)   # off the run's mesh: the blocks get their own
-  states = [init_state(b, opt, seed * 1000 + j, groups=groups)
-            for j, b in enumerate(unstack(layers, n))]
+  step, opt, groups = block_step(cfg, tc, steps, mode, eps)
+  states = block_states(layers, n, opt, groups, seed)
   draws = row_draws(rec.meta["rows"], batch_size, steps, seed)
   history = []
   if sequential:
@@ -70,11 +102,7 @@ def train_blocks(cfg, layers, rec: Recording, tc, *, steps: int, batch_size: int
     return Trained(stack_states([s["params"] for s in states]), np.asarray(history), 0)
   if ckpt_dir and ckpt_every < 1:
     raise ValueError(f"ckpt_every must be >= 1 with a ckpt_dir, got {ckpt_every}")
-  devices = list(devices or jax.devices())
-  slots = len(device_assignment(n, len(devices))[0]) * len(devices)
-  pad = slots - n   # copies of the last block fill the slots; their results are dropped
-  mesh = Mesh(np.array(devices), ("block",))
-  shard = NamedSharding(mesh, P("block"))
+  mesh, shard, pad = block_layout(n, devices)
   ckpt = Checkpointer(ckpt_dir, keep_last=2) if ckpt_dir else None
   start = 0
   # checkpoints hold the n real blocks, replicated, so a run resumes on any device count
@@ -85,15 +113,10 @@ def train_blocks(cfg, layers, rec: Recording, tc, *, steps: int, batch_size: int
       if ckpt is not None and ckpt.latest_step() is not None:
         state, extra = ckpt.restore(abstract_like(state, jax.tree.map(lambda _: whole, state)))
         start, history = int(extra["step"]), list(extra["history"])
-      state = jax.device_put(jax.tree.map(
-          lambda x: np.concatenate([x, np.repeat(x[-1:], pad, 0)]) if pad else x,
-          jax.device_get(state)), shard)
-      run = jax.jit(jax.vmap(step), in_shardings=(shard, shard), out_shardings=(shard, shard))
+      state = jax.device_put(pad_blocks(jax.device_get(state), pad), shard)
+      run = parallel_step(step, shard)
       for i, idx in enumerate(draws[start:], start + 1):
-        batch = rec.batch(idx)
-        batch = {k: np.concatenate([v, np.repeat(v[-1:], pad, 0)]) if pad else v
-                 for k, v in batch.items()}
-        state, m = run(state, jax.device_put(batch, shard))
+        state, m = run(state, jax.device_put(pad_blocks(rec.batch(idx), pad), shard))
         history.append(np.asarray(m["lm_loss"])[:n].tolist())
         if ckpt is not None and (i % ckpt_every == 0 or i == steps):
           real = jax.device_put(jax.tree.map(lambda x: x[:n], state), whole)
