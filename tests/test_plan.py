@@ -113,3 +113,29 @@ def test_a_lora_continue_stage_plans_with_sharded_adapters_and_small_optimizer_s
   assert tuple(a_q) == (None, "fsdp", None)            # layers, embed -> fsdp, rank
   assert tuple(b_q) == (None, None, None, "fsdp")     # layers, rank, heads (tensor: 1), Dh
   assert [g.name for g in built.groups] == ["adapters"]
+
+
+def test_the_blockwise_stage_plans_its_vmapped_block_step():
+  """--stage=blockwise (listed): the block step train_blocks compiles, at the pruned
+  shape; each device holds the states of its ceil(blocks / devices) slots."""
+  import numpy as np
+  import tiny_world
+  from jshear import sharding as shd
+  from jshear.model.config import ModelConfig
+  from jshear.model.params import param_shapes
+  cfg = tiny_world.config({"hf": "", "data": ""})
+  assert "blockwise" not in plan.plannable(cfg)
+  cfg.stages = "prune,finalize,blockwise,continue"
+  assert "blockwise" in plan.plannable(cfg)
+  mcfg = ModelConfig(vocab_size=256, hidden_size=64, intermediate_size=96, num_layers=5,
+                     num_heads=4, num_kv_heads=2, head_dim=16)
+  out = plan.plan(cfg, "blockwise", mcfg, shd.make_mesh({"data": 8}), 80.0)
+  t = cfg.prune.target
+  pruned = mcfg.replace(num_layers=t.num_layers, num_heads=t.num_heads,
+                        num_kv_heads=t.num_kv_heads, hidden_size=t.hidden_size,
+                        intermediate_size=t.intermediate_size)
+  per_layer = sum(int(np.prod(s[1:])) for s in param_shapes(pruned)["layers"].values()) * 4
+  slots = -(-t.num_layers // 8)
+  assert out["per_device_gib"]["params"] * 1024 ** 3 == slots * per_layer
+  assert out["blocks_per_device"] == [1] * t.num_layers + [0] * (8 - t.num_layers)
+  assert out["padded_slots"] == 8 - t.num_layers and out["per_device_gib"]["total"] > 0

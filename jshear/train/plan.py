@@ -63,10 +63,13 @@ def _stage(cfg, name: str):
 
 
 def plannable(cfg) -> tuple:
-  """Names --stage accepts: the table's training stages and the config's later listings."""
-  later = tuple(s.name for s in _listed(cfg)
+  """Names --stage accepts: the table's training stages, the config's later listings, and
+  blockwise when the config lists it (its block step is not a stage step)."""
+  listed = _listed(cfg)
+  later = tuple(s.name for s in listed
                 if s.previous is not None and s.first.name in _training_stages())
-  return _training_stages() + later
+  blocks = ("blockwise",) if any(s.name == "blockwise" for s in listed) else ()
+  return _training_stages() + later + blocks
 
 
 def default_stage(cfg) -> str:
@@ -235,9 +238,71 @@ def _distiller(cfg, student, source):
                              kept_hidden=kept).distiller
 
 
+def _per_device(tree) -> int:
+  import jax
+  import numpy as np
+  return int(sum(np.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+                 for x in jax.tree.leaves(tree)))
+
+
+def plan_blockwise(cfg, mcfg, mesh, hbm_gb: float) -> dict:
+  """The blockwise stage's plan: its one vmapped block step (`jshear.train.blocks`, as
+  train_blocks compiles it) on a 1-D block mesh of the mesh's devices, at the shape the
+  stages before it leave. Per device: the block states of its slots, one step's recorded
+  streams, and XLA's temporaries."""
+  import jax
+  import jax.numpy as jnp
+  from jshear.blockwise import device_assignment
+  from jshear.model.params import init_params
+  from jshear.train.blocks import block_layout, block_step, parallel_step
+  from jshear.train.pipeline import prune_spec
+  from jshear.train.step import init_state
+  st = _stage(cfg, "blockwise")
+  spec = prune_spec(cfg, mcfg) if cfg.prune.target.num_layers else None
+  for before in _stages_before(cfg, st):
+    mcfg = before.shape(cfg, mcfg, spec)
+  b = cfg.blockwise
+  step, opt, groups = block_step(mcfg, b, int(b.steps), b.mode, b.nmse_eps)
+  n, devices = mcfg.num_layers, list(mesh.devices.flat)
+  bmesh, shard, pad = block_layout(n, devices)
+  layer = jax.eval_shape(lambda: jax.tree.map(
+      lambda x: x[0], init_params(mcfg, jax.random.key(0))["layers"]))
+  one = jax.eval_shape(lambda l: init_state(l, opt, 0, groups=groups), layer)
+  stacked = lambda x: jax.ShapeDtypeStruct((n + pad, *x.shape), x.dtype, sharding=shard)  # noqa: E731
+  state = jax.tree.map(stacked, one)
+  B, T, D = int(b.batch_size), int(cfg.data.seq_len), mcfg.hidden_size
+  rows = {k: jax.ShapeDtypeStruct((B, T), jnp.int32)
+          for k in ("tokens", "segment_ids", "positions")}
+  batch = jax.tree.map(stacked, {"x": jax.ShapeDtypeStruct((B, T, D), jnp.float32),
+                                 "y": jax.ShapeDtypeStruct((B, T, D), jnp.float32), **rows})
+  with jax.set_mesh(bmesh):
+    compiled = parallel_step(step, shard).lower(state, batch).compile()
+  temp_b = int(getattr(compiled.memory_analysis(), "temp_size_in_bytes", 0))
+  params_b, opt_b = _per_device(state["params"]), _per_device(state["opt_state"])
+  other_b = _per_device({k: v for k, v in state.items() if k not in ("params", "opt_state")})
+  batch_b = _per_device(batch)
+  total = params_b + opt_b + other_b + batch_b + temp_b
+  gib = 1024 ** 3
+  split = device_assignment(n, len(devices))
+  return {
+      "stage": "blockwise", "devices": len(devices), "mesh": {"block": len(devices)},
+      "model": {"layers": n, "hidden": D, "heads": mcfg.num_heads,
+                "params": int(mcfg.num_params())},
+      "batch": [B, T], "mode": b.mode,
+      "blocks_per_device": [len(x) for x in split], "padded_slots": pad,
+      "per_device_gib": {"params": params_b / gib, "optimizer": opt_b / gib,
+                         "counters": other_b / gib, "streams": batch_b / gib,
+                         "activations_and_temps": temp_b / gib, "total": total / gib},
+      "hbm_gib": hbm_gb, "fits": total <= hbm_gb * 1e9,
+  }
+
+
 def plan(cfg, stage: str, mcfg, mesh, hbm_gb: float) -> dict:
   import jax
   import numpy as np
+
+  if stage == "blockwise":
+    return plan_blockwise(cfg, mcfg, mesh, hbm_gb)
 
   built, block, mcfg = stage_plan(cfg, stage, mcfg, mesh)
   T = cfg.data.seq_len
