@@ -12,6 +12,7 @@ mkdir -p runs/logs
 $T --workdir=runs/grow_stack --config.pretrain_2.lr=3e-4 > runs/logs/grow_stack.log 2>&1
 $T --workdir=runs/grow_scratch --config.stages=pretrain,export --config.model.num_layers=8 \
   --config.pretrain.steps=282 > runs/logs/grow_scratch.log 2>&1
+$P --runs=runs/grow_stack > runs/logs/grow_paired.log 2>&1
 $T --workdir=runs/grow_zero --config.pretrain_2.lr=3e-4 --config.grow.operator=zero > runs/logs/grow_zero.log 2>&1
 $P --runs=runs/grow_stack,runs/grow_zero > runs/logs/grow_paired.log 2>&1
 $T --workdir=runs/grow_stack_lr1e-3 --config.pretrain_2.lr=1e-3 > runs/logs/grow_stack_lr1e-3.log 2>&1
