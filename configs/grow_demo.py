@@ -37,8 +37,9 @@ def get_config():
   t.log_every, t.eval_every, t.eval_batches, t.ckpt_every = 5, 25, 2, 50
   t.reweight_rule = "constant"    # one mixture for every run: the model is what differs
   c.grow.factor, c.grow.operator = 2, "stack"
-  # the grown model's own run: a fresh optimizer and schedule, the stream continuing
-  c.pretrain_2 = mlc.ConfigDict({"steps": 200})
+  # the grown model's own run: a fresh optimizer and schedule, the stream continuing; lr
+  # 3e-4 after growth, as the public Gstack scripts (their base model: 1e-3)
+  c.pretrain_2 = mlc.ConfigDict({"steps": 200, "lr": 3e-4})
   c.final_eval_rows = 64
   c.drop_checkpoints = True
   return c
