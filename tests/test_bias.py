@@ -1,6 +1,8 @@
 """Pruning-induced bias metrics (jshear.eval.bias): CEV, SDE and PIEs on hand-made confusion
 matrices and predictions, worked out by hand here; zero base rates both ways; the CLI on a
-tiny model, and its refusal of a model with another vocabulary."""
+tiny model, and its refusal of a model with another vocabulary; bootstrap standard errors
+(zero when nothing differs, shrinking with more documents, paired by seed); --each, one
+source against each model."""
 
 import json
 import math
@@ -281,3 +283,96 @@ def test_compare_zero_shot_caches_predictions(tmp_path, monkeypatch):
   assert len(docs["arc_easy"]["pred"]) == 10
   b = compare.zero_shot_bias(str(tmp_path / "zs.json"), str(tmp_path / "zs.json"))
   assert all(v["pies"] == 0 and v["sde"] in (0, None) for v in b.values())
+
+
+def _noisy(seed, n=120, k=4, keep=0.6):
+  rng = np.random.default_rng(seed)
+  gold = rng.integers(0, k, n)
+  src = np.where(rng.random(n) < 0.7, gold, rng.integers(0, k, n))
+  pruned = np.where(rng.random(n) < keep, src, rng.integers(0, k, n))
+  return gold, src, pruned
+
+
+def test_bootstrap_se_zero_for_identical_and_shrinks_with_documents():
+  gold, src, pruned = _noisy(0, n=400)
+  same = bias.bootstrap(gold, src, [src.copy()], [4] * len(gold), draws=50, seed=1)
+  assert same["usable"] == 50 and same["cev_se"] == 0 and same["sde_se"] == 0
+  one = bias.bootstrap(gold, src, [pruned], [4] * len(gold), draws=300, seed=1)
+  assert one["cev_se"] > 0 and one["sde_se"] > 0
+  # the same documents nine times over: the point estimate is unchanged, the s.e. ~1/3
+  rep = lambda a: np.tile(a, 9)
+  nine = bias.bootstrap(rep(gold), rep(src), [rep(pruned)], [4] * 9 * len(gold), draws=300,
+                        seed=1)
+  assert 0.22 < nine["sde_se"] / one["sde_se"] < 0.45
+  # CEV's resamples are skewed at this size (small base rates in the denominators): it
+  # shrinks faster than 1/sqrt(9), so only the direction is asserted
+  assert nine["cev_se"] < 0.45 * one["cev_se"]
+  lo, hi = one["cev_90"]
+  assert lo < hi and lo <= np.median(one["cev_draws"]) <= hi
+  t1 = bias.task_bias(gold, src, [pruned], [4] * len(gold))
+  t9 = bias.task_bias(rep(gold), rep(src), [rep(pruned)], [4] * 9 * len(gold), draws=20)
+  assert t9["cev"] == pytest.approx(t1["cev"]) and t9["sde"] == pytest.approx(t1["sde"])
+  assert t1["bootstrap"] is None and t9["bootstrap"]["draws"] == 20
+
+
+def test_bootstrap_same_seed_same_resamples_for_every_model():
+  gold, src, pruned = _noisy(2)
+  _, _, other = _noisy(3)
+  n = [4] * len(gold)
+  a = bias.bootstrap(gold, src, [pruned], n, draws=30, seed=5)
+  b = bias.bootstrap(gold, src, [pruned], n, draws=30, seed=5)
+  np.testing.assert_array_equal(a["cev_draws"], b["cev_draws"])
+  c = bias.bootstrap(gold, src, [pruned], n, draws=30, seed=6)
+  assert not np.array_equal(a["cev_draws"], c["cev_draws"])
+  # pairing: the same resample indices for another model -> its draws match its own
+  # bias_points on those documents
+  rng = np.random.default_rng(5)
+  d = rng.integers(0, len(gold), len(gold))
+  count = bias._counter(gold, src, [other], n, None)
+  r = bias.bias_points(count(src, d), [count(other, d)])
+  o = bias.bootstrap(gold, src, [other], n, draws=30, seed=5)
+  assert o["cev_draws"][0] == pytest.approx(r["cev"])
+  with pytest.raises(JShearError, match="at least 2 draws"):
+    bias.bootstrap(gold, src, [pruned], n, draws=1)
+
+
+def test_cli_bias_each_scores_the_source_once(tmp_path, monkeypatch, capsys):
+  monkeypatch.setenv("JSHEAR_CACHE", str(tmp_path / "cache"))
+  testing.make_fake_evalsets(str(tmp_path / "cache"),
+                             dict(testing.FAKE_ROWS, **{"ai2_arc/ARC-Easy/validation": ARC_ROWS}))
+  tok = testing.train_tiny_tokenizer(str(tmp_path / "tok"))
+  src = _model(tmp_path, "src", tok, 0)
+  p1 = _model(tmp_path / "a", "pruned", tok, 1, num_layers=1)
+  p2 = _model(tmp_path / "b", "pruned", tok, 2, num_layers=1)
+  # predictions set here (tiny random models all pick alike): the source is right on the
+  # first 7 documents, p1 on all 10, p2 on none
+  n = np.array([len(r["choices"]["text"]) for r in ARC_ROWS])
+  gold = np.array(["ABCDE".index(r["answerKey"]) for r in ARC_ROWS])
+  wrong = (gold + 1) % n
+  fixed = {src: np.where(np.arange(10) < 7, gold, wrong), p1: gold, p2: wrong}
+  scored = []
+  monkeypatch.setattr(bias, "score_model",
+                      lambda d, *a, **k: scored.append(d) or {"arc_easy": fixed[d]})
+  out = tmp_path / "bias"
+  assert eval_main(["bias", "--source", src, "--pruned", f"{p1},{p2},{src}", "--tasks",
+                    "arc_easy", "--each", "--bootstrap", "25", "--zero_rates", "smooth",
+                    "--out", str(out)]) == 0
+  assert scored == [src, p1, p2, src]                 # the source once, then each model
+  cap = capsys.readouterr()
+  res = json.loads((out / "bias.json").read_text())
+  assert res["each"] and res["labels"] == ["a/pruned", "b/pruned", "src"]
+  ts = [r["tasks"]["arc_easy"] for r in res["runs"]]
+  assert [t["accuracy"] for t in ts] == [{"source": 0.7, "pruned": [a]} for a in (1.0, 0.0, 0.7)]
+  assert [t["pies"] for t in ts] == [[7, 8, 9], list(range(7)), []]
+  # the source against itself: no bias, and none in any resample
+  assert ts[2]["cev"] == 0 and ts[2]["bootstrap"]["cev_se"] == 0
+  assert ts[0]["cev"] > 0 and ts[0]["bootstrap"]["cev_se"] > 0
+  for lab, t in zip(res["labels"], ts):
+    assert t["bootstrap"]["draws"] == 25 and f"|{lab}|arc_easy|10|" in cap.out
+  # a model alone gives the same figures as the trial form with that one model
+  from jshear.eval import datasets
+  alone = bias.evaluate(src, [p2], "arc_easy", datasets.eval_sets_dir(),
+                        zero_rates="smooth")["tasks"]["arc_easy"]
+  assert (alone["cev"], alone["sde"]) == pytest.approx((ts[1]["cev"], ts[1]["sde"]))
+  assert "bootstrap standard error over 25 resamples" in cap.out and "± " in cap.out
+  assert sorted(p.name for p in out.iterdir()) == ["bias.json", "bias.md", "bias.png"]

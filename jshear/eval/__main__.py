@@ -5,7 +5,7 @@
   python -m jshear.eval tasks --model hf --model_args pretrained=DIR,dtype=float32 \
       --tasks piqa --output_path OUT            # lm-eval's spelling, for copied commands
   python -m jshear.eval bias  --source=DIR --pruned=DIR[,DIR...] --tasks=piqa,arc_easy \
-      [--limit N] [--out DIR] [--zero_rates=exclude|smooth]   # per-class bias of pruning
+      [--limit N] [--out DIR] [--each] [--bootstrap B]   # per-class bias of pruning
   python -m jshear.eval fetch                 # download + cache the zero-shot eval sets
   python -m jshear.eval lm-eval --model jshear --model_args path=DIR --tasks ...   (lm_eval CLI
                                               with the `jshear` model registered)
@@ -258,6 +258,11 @@ def main(argv=None) -> int:
                  help="prediction: argmax log-likelihood (acc) or per character (acc_norm)")
   b.add_argument("--by_category", "--by-category", dest="by_category", default="",
                  help="tasks whose class is the document's category (hellaswag, copa)")
+  b.add_argument("--each", action="store_true",
+                 help="each pruned model against the source alone (not trials of one pruning)")
+  b.add_argument("--bootstrap", type=int, default=0,
+                 help="resamples of the documents for standard errors of CEV and SDE (0: none)")
+  b.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
   b.add_argument("--tokens-per-batch", "--tokens_per_batch", dest="tokens_per_batch", type=int,
                  default=2048)
   b.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])

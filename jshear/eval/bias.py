@@ -2,7 +2,8 @@
 more than others, even when the mean accuracy barely moves?
 
   python -m jshear.eval bias --source=DIR --pruned=DIR[,DIR...] --tasks=piqa,arc_easy \
-      [--limit N] [--out DIR] [--zero_rates=exclude|smooth] [--rule=acc|acc_norm]
+      [--limit N] [--out DIR] [--zero_rates=exclude|smooth] [--rule=acc|acc_norm] \
+      [--each] [--bootstrap B [--seed S]]
 
 Per class c, one-vs-rest rates: FPR_c = FP/(FP+TN), FNR_c = FN/(FN+TP), for the source and
 each pruned model; several pruned models (trials) are averaged rate by rate. Each class is
@@ -29,7 +30,11 @@ category (CATEGORY_FIELDS) as the class, a model predicts no category: each choi
 document is one binary decision (picked or not, positive if gold), so FNR_c is category c's
 error rate and FPR_c its errors per distractor; the points then lie on dFPR = dFNR (exactly,
 when all documents have the same number of choices), SDE is 0 and CEV is twice the variance
-of the relative change in per-category error rate. See docs/bias_metrics.md.
+of the relative change in per-category error rate.
+
+`--each` compares each pruned model with the source on its own (the source scored once), not
+as trials of one pruning. `--bootstrap B` adds standard errors of CEV and SDE from B resamples
+of the documents, the same resamples for every model. See docs/bias_metrics.md.
 """
 
 from __future__ import annotations
@@ -212,18 +217,58 @@ def predict(lls: Sequence[Sequence[float]], choices: Sequence[Sequence[str]],
   return np.array(out, np.int64)
 
 
-def task_bias(gold, src_pred, pruned_preds: Sequence, n_choices, groups=None,
-              zero_rates: str = "exclude", alpha: float = 0.5) -> dict:
-  """Everything for one task: accuracies, per-class points, CEV, SDE, PIEs. `groups`: a
-  category per document (class = category) or None (class = gold answer position)."""
-  gold = np.asarray(gold)
+def _counter(gold, src_pred, pruned_preds, n_choices, groups):
+  """count(pred, docs): the Counts of `pred` on the documents `docs` (indices), over the class
+  set of all the documents, so that a resample keeps every class (possibly empty)."""
+  gold, n_choices = np.asarray(gold), np.asarray(n_choices)
   if groups is None:
     classes = class_set(gold, src_pred, *pruned_preds)
-    count = lambda p: from_confusion(confusion(gold, p, classes), classes)
-  else:
-    classes = class_set(groups)
-    count = lambda p: group_counts(gold, p, groups, n_choices, classes)
-  res = bias_points(count(src_pred), [count(p) for p in pruned_preds], zero_rates, alpha)
+    return lambda p, d: from_confusion(confusion(gold[d], np.asarray(p)[d], classes), classes)
+  groups = np.asarray(groups)
+  classes = class_set(groups)
+  return lambda p, d: group_counts(gold[d], np.asarray(p)[d], groups[d], n_choices[d], classes)
+
+
+def bootstrap(gold, src_pred, pruned_preds: Sequence, n_choices, groups=None,
+              zero_rates: str = "exclude", alpha: float = 0.5, draws: int = 200,
+              seed: int = 0) -> dict:
+  """Standard errors of CEV and SDE by resampling documents with replacement: the source and
+  every pruned model see the same resample, and the same `seed` gives the same resamples for
+  any model on the same documents, so draws of two models can be paired. A draw where no class
+  keeps a relative change has no CEV; `usable` counts the others."""
+  check(draws >= 2, f"bootstrap needs at least 2 draws, got {draws}")
+  count = _counter(gold, src_pred, pruned_preds, n_choices, groups)
+  n = len(gold)
+  rng = np.random.default_rng(seed)
+  cevs, sdes = np.full(draws, np.nan), np.full(draws, np.nan)
+  for b in range(draws):
+    d = rng.integers(0, n, n)
+    r = bias_points(count(src_pred, d), [count(p, d) for p in pruned_preds], zero_rates, alpha)
+    if r["cev"] is not None:
+      cevs[b], sdes[b] = r["cev"], r["sde"]
+  ok = np.isfinite(cevs)
+  se = lambda x: float(np.std(x[ok], ddof=1)) if ok.sum() >= 2 else None
+  # CEV divides by small base rates, so its resamples are skewed at a few hundred documents:
+  # the 5-95% interval says that where the s.e. alone would not
+  mid = lambda x: [float(v) for v in np.percentile(x[ok], [5, 95])] if ok.sum() >= 2 else None
+  return {"draws": int(draws), "seed": int(seed), "usable": int(ok.sum()),
+          "cev_se": se(cevs), "sde_se": se(sdes), "cev_90": mid(cevs), "sde_90": mid(sdes),
+          "cev_draws": cevs, "sde_draws": sdes}
+
+
+def task_bias(gold, src_pred, pruned_preds: Sequence, n_choices, groups=None,
+              zero_rates: str = "exclude", alpha: float = 0.5, draws: int = 0,
+              seed: int = 0) -> dict:
+  """Everything for one task: accuracies, per-class points, CEV, SDE, PIEs, and with `draws`
+  > 0 their bootstrap standard errors. `groups`: a category per document (class = category)
+  or None (class = gold answer position)."""
+  gold = np.asarray(gold)
+  count = _counter(gold, src_pred, pruned_preds, n_choices, groups)
+  every = np.arange(len(gold))
+  res = bias_points(count(src_pred, every), [count(p, every) for p in pruned_preds],
+                    zero_rates, alpha)
+  res["bootstrap"] = (bootstrap(gold, src_pred, pruned_preds, n_choices, groups, zero_rates,
+                                alpha, draws, seed) if draws else None)
   idx = pies(src_pred, pruned_preds)
   hist = np.unique(np.asarray(n_choices), return_counts=True)
   res.update(n=int(len(gold)), class_by="answer" if groups is None else "category",
@@ -309,10 +354,14 @@ def check_tasks(names: Sequence[str], by_category: Sequence[str]) -> None:
 
 def evaluate(source: str, pruned: Sequence[str], task_names, root, *, limit=None,
              rule: str = "acc", zero_rates: str = "exclude", alpha: float = 0.5,
-             by_category: Sequence[str] = (), dtype=None, tokens_per_batch: int = 2048) -> dict:
+             by_category: Sequence[str] = (), dtype=None, tokens_per_batch: int = 2048,
+             each: bool = False, draws: int = 0, seed: int = 0) -> dict:
   """Score the source and every pruned model on the tasks; the result as `to_markdown` and
-  `write_outputs` take it. `root`: the eval-set dir, or a function giving it (called after
-  the refusals, so bad input fails before any fetch)."""
+  `write_outputs` take it. The pruned models are trials of one pruning (rates averaged), or
+  with `each` separate models, each against the source scored once (the result's "runs": one
+  ordinary result per model). `draws`: bootstrap resamples for standard errors (0: none).
+  `root`: the eval-set dir, or a function giving it (called after the refusals, so bad input
+  fails before any fetch)."""
   from jshear.eval import loader, tasks
   from jshear.model_io import load_tokenizer
   names = tasks.parse_task_names(task_names)
@@ -326,17 +375,36 @@ def evaluate(source: str, pruned: Sequence[str], task_names, root, *, limit=None
   prep = tasks.prepare(tok, names, limit, root)
   preds = [score_model(p, prep, rule, dtype=dtype, tokens_per_batch=tokens_per_batch)
            for p in [source, *pruned]]
-  out = {"source": src, "pruned": [os.path.abspath(p) for p in pruned], "rule": rule,
-         "zero_rates": zero_rates, "alpha": alpha if zero_rates == "smooth" else None,
-         "limit": limit, "cev_definition": "mean squared distance to the centroid "
-         "(= Var dFPR + Var dFNR; the public code's value is half of it)", "tasks": {}}
-  for name in names:
-    insts = prep.insts[name]
-    groups = _categories(name, limit, root) if name in by_category else None
-    out["tasks"][name] = task_bias([i.gold for i in insts], preds[0][name],
-                                   [p[name] for p in preds[1:]], [len(i.choices) for i in insts],
-                                   groups, zero_rates, alpha)
-  return out
+  groups = {n: _categories(n, limit, root) if n in by_category else None for n in names}
+
+  def result(models: Sequence[int]) -> dict:
+    out = {"source": src, "pruned": [os.path.abspath(pruned[m]) for m in models],
+           "rule": rule, "zero_rates": zero_rates,
+           "alpha": alpha if zero_rates == "smooth" else None, "limit": limit,
+           "cev_definition": "mean squared distance to the centroid "
+           "(= Var dFPR + Var dFNR; the public code's value is half of it)", "tasks": {}}
+    for name in names:
+      insts = prep.insts[name]
+      out["tasks"][name] = task_bias(
+          [i.gold for i in insts], preds[0][name], [preds[1 + m][name] for m in models],
+          [len(i.choices) for i in insts], groups[name], zero_rates, alpha, draws, seed)
+    return out
+
+  if not each:
+    return result(range(len(pruned)))
+  runs = [result([m]) for m in range(len(pruned))]
+  return {"source": src, "pruned": [r["pruned"][0] for r in runs],
+          "labels": labels(pruned), "each": True, "runs": runs, "rule": rule,
+          "zero_rates": zero_rates, "alpha": runs[0]["alpha"], "limit": limit}
+
+
+def labels(dirs: Sequence[str]) -> list[str]:
+  """Short names of model dirs: their paths below the dirs' common parent."""
+  paths = [os.path.abspath(d) for d in dirs]
+  if len(paths) == 1:
+    return [os.path.basename(paths[0])]
+  top = os.path.commonpath(paths)
+  return [os.path.relpath(p, top) if p != top else os.path.basename(p) for p in paths]
 
 
 # ---- outputs ------------------------------------------------------------------------------
@@ -359,7 +427,49 @@ def _f(v, fmt=".4f"):
   return "-" if v is None or not math.isfinite(v) else format(v, fmt)
 
 
+def _pm(t: dict, key: str, fmt: str) -> str:
+  """CEV or SDE, with its bootstrap standard error when there is one."""
+  b = t.get("bootstrap")
+  se = b and b[f"{key}_se"]
+  return _f(t[key], fmt) + (f" ± {_f(se, fmt)}" if se is not None and t[key] is not None else "")
+
+
+def _se_note(res: dict) -> str:
+  b = [t.get("bootstrap") for t in res["tasks"].values()] if "tasks" in res else [
+      t.get("bootstrap") for r in res["runs"] for t in r["tasks"].values()]
+  b = [x for x in b if x]
+  if not b:
+    return ""
+  usable = min(x["usable"] for x in b)
+  return (f" ±: bootstrap standard error over {b[0]['draws']} resamples of the documents "
+          f"(seed {b[0]['seed']}; the same resamples for every model; fewest usable draws "
+          f"{usable}).")
+
+
+def each_markdown(res: dict) -> str:
+  """--each: one summary row per pruned model and task, then each model's own tables."""
+  zr = res["zero_rates"] + (f" (alpha {res['alpha']})" if res["alpha"] is not None else "")
+  lines = ["# Pruning-induced bias of each model (Simon Says, arXiv 2106.07849)", "",
+           f"Source: `{res['source']}`, scored once; each pruned model against it alone. "
+           f"Prediction rule: {res['rule']}. Zero base rates: {zr}. CEV in %^2 (twice the "
+           "public code's), SDE in %." + _se_note(res), "",
+           "|model|task|n|acc source|acc model|CEV|SDE|PIEs|classes not kept as is|",
+           "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+  for label, r in zip(res["labels"], res["runs"]):
+    for name, t in r["tasks"].items():
+      other = [f"{c} ({s})" for c, s in zip(t["classes"], t["status"]) if s != "ok"]
+      lines.append(f"|{label}|{name}|{t['n']}|{_f(t['accuracy']['source'])}|"
+                   f"{_f(t['accuracy']['pruned'][0])}|{_pm(t, 'cev', '.0f')}|"
+                   f"{_pm(t, 'sde', '.1f')}|{len(t['pies'])}|{', '.join(other) or '-'}|")
+  for label, r in zip(res["labels"], res["runs"]):
+    body = to_markdown(r).split("\n")
+    lines += ["", f"## {label}", ""] + ["#" + l if l.startswith("#") else l for l in body[2:]]
+  return "\n".join(lines).rstrip("\n") + "\n"
+
+
 def to_markdown(res: dict) -> str:
+  if res.get("each"):
+    return each_markdown(res)
   rule = {"acc": "argmax of the choices' summed log-likelihoods (acc's rule)",
           "acc_norm": "argmax of log-likelihood per character (acc_norm's rule)"}[res["rule"]]
   zr = res["zero_rates"] + (f" (alpha {res['alpha']})" if res["alpha"] is not None else "")
@@ -369,14 +479,14 @@ def to_markdown(res: dict) -> str:
            f"Prediction: {rule}. Zero base rates: {zr}. CEV: mean squared distance of the "
            "class points (dFPR, dFNR) to their centroid, %^2 (the public code's CEV is half "
            "of it). SDE: mean |dFPR - dFNR| / sqrt 2, %. PIEs: documents where every pruned "
-           "model disagrees with the source.", "",
+           "model disagrees with the source." + _se_note(res), "",
            "|task|classes|n|acc source|acc pruned (mean)|CEV|SDE|PIEs|not kept as is|",
            "|---|---|---:|---:|---:|---:|---:|---:|---|"]
   for name, t in res["tasks"].items():
     other = [f"{c} ({s})" for c, s in zip(t["classes"], t["status"]) if s != "ok"]
     lines.append(f"|{name}|{t['class_by']}|{t['n']}|{_f(t['accuracy']['source'])}|"
-                 f"{_f(float(np.mean(t['accuracy']['pruned'])))}|{_f(t['cev'], '.2f')}|"
-                 f"{_f(t['sde'], '.2f')}|{len(t['pies'])}|{', '.join(other) or '-'}|")
+                 f"{_f(float(np.mean(t['accuracy']['pruned'])))}|{_pm(t, 'cev', '.2f')}|"
+                 f"{_pm(t, 'sde', '.2f')}|{len(t['pies'])}|{', '.join(other) or '-'}|")
   for name, t in res["tasks"].items():
     counts = ", ".join(f"{k} choices: {v}" for k, v in t["choice_counts"].items())
     what = "gold answer position" if t["class_by"] == "answer" else "document category"
@@ -394,14 +504,49 @@ def to_markdown(res: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def plot(res: dict, path: str) -> bool:
-  """Scatter of the per-class points, one panel per task (False: matplotlib is missing)."""
+def _pyplot():
   try:
     import matplotlib
   except ImportError:
-    return False
+    return None
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  return plt
+
+
+def plot_each(res: dict, path: str) -> bool:
+  """--each: CEV and SDE of every model per task, bars with their standard errors."""
+  plt = _pyplot()
+  if plt is None:
+    return False
+  names = list(res["runs"][0]["tasks"])
+  fig, axes = plt.subplots(len(names), 2, figsize=(10, 0.35 * len(res["runs"]) * len(names) + 2),
+                           squeeze=False)
+  y = np.arange(len(res["runs"]))
+  for row, name in zip(axes, names):
+    for ax, key in zip(row, ("cev", "sde")):
+      ts = [r["tasks"][name] for r in res["runs"]]
+      val = np.array([np.nan if t[key] is None else t[key] for t in ts], float)
+      se = np.array([np.nan if not t.get("bootstrap") or t["bootstrap"][f"{key}_se"] is None
+                     else t["bootstrap"][f"{key}_se"] for t in ts], float)
+      ax.barh(y, np.nan_to_num(val), xerr=np.where(np.isfinite(se), se, 0), color="C0")
+      ax.set_yticks(y, res["labels"], fontsize=7)
+      ax.invert_yaxis()
+      ax.set(title=f"{name}: {key.upper()}", xlabel="%^2" if key == "cev" else "%")
+      ax.grid(alpha=0.3, axis="x")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True
+
+
+def plot(res: dict, path: str) -> bool:
+  """Scatter of the per-class points, one panel per task (False: matplotlib is missing)."""
+  if res.get("each"):
+    return plot_each(res, path)
+  plt = _pyplot()
+  if plt is None:
+    return False
   names = list(res["tasks"])
   cols = min(3, len(names))
   rows = -(-len(names) // cols)
@@ -457,7 +602,8 @@ def run(args, eval_root) -> int:
   with contextlib.redirect_stdout(sys.stderr):  # stdout holds the table alone
     res = evaluate(args.source, pruned, args.tasks, eval_root, limit=args.limit,
                    rule=args.rule, zero_rates=args.zero_rates, alpha=args.alpha,
-                   by_category=by_cat, dtype=args.dtype, tokens_per_batch=args.tokens_per_batch)
+                   by_category=by_cat, dtype=args.dtype, tokens_per_batch=args.tokens_per_batch,
+                   each=args.each, draws=args.bootstrap, seed=args.seed)
     if args.out:
       for p in write_outputs(res, args.out, args.overwrite):
         print(f"wrote {p}")
