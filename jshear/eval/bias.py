@@ -398,6 +398,32 @@ def evaluate(source: str, pruned: Sequence[str], task_names, root, *, limit=None
           "zero_rates": zero_rates, "alpha": runs[0]["alpha"], "limit": limit}
 
 
+def paired_difference(res: dict, a: str, b: str) -> dict:
+  """{task: {"cev"|"sde": (value b - value a, its paired bootstrap s.e. or None)}} for two
+  models of one `--each --bootstrap` result, by label. Both models' draws used the same
+  resamples (same seed, same documents), so the s.e. is that of the draw-by-draw difference,
+  which cancels the documents' shared difficulty."""
+  check(res.get("each"), "paired_difference needs an --each result")
+  by = dict(zip(res["labels"], res["runs"]))
+  for lab in (a, b):
+    check(lab in by, f"no model labelled {lab!r}; labels: {', '.join(res['labels'])}")
+  out = {}
+  for name, ta in by[a]["tasks"].items():
+    tb, row = by[b]["tasks"][name], {}
+    for key in ("cev", "sde"):
+      va, vb = ta[key], tb[key]
+      diff = None if va is None or vb is None else float(vb - va)
+      se = None
+      if diff is not None and ta.get("bootstrap") and tb.get("bootstrap"):
+        da = np.array(ta["bootstrap"][f"{key}_draws"], float)
+        db = np.array(tb["bootstrap"][f"{key}_draws"], float)
+        ok = np.isfinite(da) & np.isfinite(db)
+        se = float(np.std(db[ok] - da[ok], ddof=1)) if ok.sum() >= 2 else None
+      row[key] = (diff, se)
+    out[name] = row
+  return out
+
+
 def labels(dirs: Sequence[str]) -> list[str]:
   """Short names of model dirs: their paths below the dirs' common parent."""
   paths = [os.path.abspath(d) for d in dirs]
