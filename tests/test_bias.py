@@ -193,12 +193,17 @@ def _model(tmp_path, name, tok_dir, seed, **cfg):
                              tokenizer_dir=tok_dir)
 
 
-def test_cli_bias_end_to_end(tmp_path, monkeypatch, capsys):
+def _arc_source(tmp_path, monkeypatch):
+  """Fake eval sets (ARC_ROWS as arc_easy) in a private cache; a tokenizer and a source."""
   monkeypatch.setenv("JSHEAR_CACHE", str(tmp_path / "cache"))
   testing.make_fake_evalsets(str(tmp_path / "cache"),
                              dict(testing.FAKE_ROWS, **{"ai2_arc/ARC-Easy/validation": ARC_ROWS}))
   tok = testing.train_tiny_tokenizer(str(tmp_path / "tok"))
-  src = _model(tmp_path, "src", tok, 0)
+  return tok, _model(tmp_path, "src", tok, 0)
+
+
+def test_cli_bias_end_to_end(tmp_path, monkeypatch, capsys):
+  tok, src = _arc_source(tmp_path, monkeypatch)
   p1 = _model(tmp_path, "p1", tok, 1, num_layers=1)
   out = tmp_path / "bias"
   # the source as its own second trial: it never disagrees with itself, so no PIEs
@@ -337,11 +342,7 @@ def test_bootstrap_same_seed_same_resamples_for_every_model():
 
 
 def test_cli_bias_each_scores_the_source_once(tmp_path, monkeypatch, capsys):
-  monkeypatch.setenv("JSHEAR_CACHE", str(tmp_path / "cache"))
-  testing.make_fake_evalsets(str(tmp_path / "cache"),
-                             dict(testing.FAKE_ROWS, **{"ai2_arc/ARC-Easy/validation": ARC_ROWS}))
-  tok = testing.train_tiny_tokenizer(str(tmp_path / "tok"))
-  src = _model(tmp_path, "src", tok, 0)
+  tok, src = _arc_source(tmp_path, monkeypatch)
   p1 = _model(tmp_path / "a", "pruned", tok, 1, num_layers=1)
   p2 = _model(tmp_path / "b", "pruned", tok, 2, num_layers=1)
   # predictions set here (tiny random models all pick alike): the source is right on the
