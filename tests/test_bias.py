@@ -378,12 +378,15 @@ def test_cli_bias_each_scores_the_source_once(tmp_path, monkeypatch, capsys):
   assert "bootstrap standard error over 25 resamples" in cap.out and "± " in cap.out
   # paired differences: zero between a model and itself, and the draw-by-draw spread otherwise
   same = bias.paired_difference(res, "src", "src")["arc_easy"]
-  assert same == {"cev": (0.0, 0.0), "sde": (0.0, 0.0)}
+  assert same == {"cev": (0.0, 0.0), "sde": (0.0, 0.0), "pies": (0, 0.0)}
   d = bias.paired_difference(res, "a/pruned", "b/pruned")["arc_easy"]["sde"]
   assert d[0] == pytest.approx(ts[1]["sde"] - ts[0]["sde"])
   draws = np.array(ts[1]["bootstrap"]["sde_draws"], float) - np.array(
       ts[0]["bootstrap"]["sde_draws"], float)
   assert d[1] == pytest.approx(np.nanstd(draws, ddof=1))
+  # PIEs: b disagrees on documents 0-6, a on 7-9 -> 7 - 3, s.e. of a sum of +1s and -1s
+  pies = bias.paired_difference(res, "a/pruned", "b/pruned")["arc_easy"]["pies"]
+  assert pies == (4, pytest.approx(math.sqrt(10) * np.std([1] * 7 + [-1] * 3, ddof=1)))
   with pytest.raises(JShearError, match="no model labelled 'nope'"):
     bias.paired_difference(res, "src", "nope")
   assert sorted(p.name for p in out.iterdir()) == ["bias.json", "bias.md", "bias.png"]

@@ -18,10 +18,10 @@ python - "$W/bias/bias.json" $M <<'PY'
 import json, sys
 from jshear.eval import bias
 res = json.load(open(sys.argv[1]))
-print("|method|task|CEV after - before|SDE after - before|")
-print("|---|---|---:|---:|")
+print("|method|task|CEV after - before|SDE after - before|PIEs after - before|")
+print("|---|---|---:|---:|---:|")
 for m in sys.argv[2:]:
   for task, d in bias.paired_difference(res, f"{m}/pruned", f"{m}/continued").items():
     f = lambda v: "-" if v[0] is None else f"{v[0]:+.1f} ± {v[1]:.1f}"
-    print(f"|{m}|{task}|{f(d['cev'])}|{f(d['sde'])}|")
+    print(f"|{m}|{task}|{f(d['cev'])}|{f(d['sde'])}|{f(d['pies'])}|")
 PY

@@ -399,7 +399,7 @@ def evaluate(source: str, pruned: Sequence[str], task_names, root, *, limit=None
 
 
 def paired_difference(res: dict, a: str, b: str) -> dict:
-  """{task: {"cev"|"sde": (value b - value a, its paired bootstrap s.e. or None)}} for two
+  """{task: {"cev"|"sde"|"pies": (value b - value a, its paired s.e. or None)}} for two
   models of one `--each --bootstrap` result, by label. Both models' draws used the same
   resamples (same seed, same documents), so the s.e. is that of the draw-by-draw difference,
   which cancels the documents' shared difficulty."""
@@ -420,6 +420,13 @@ def paired_difference(res: dict, a: str, b: str) -> dict:
         ok = np.isfinite(da) & np.isfinite(db)
         se = float(np.std(db[ok] - da[ok], ddof=1)) if ok.sum() >= 2 else None
       row[key] = (diff, se)
+    # one model a run, so its PIEs are its disagreements with the source: the s.e. of the
+    # difference of two counts is that of a sum of per-document paired differences
+    n = ta["n"]
+    d = np.zeros(n)
+    d[np.asarray(tb["pies"], np.int64)] += 1
+    d[np.asarray(ta["pies"], np.int64)] -= 1
+    row["pies"] = (int(d.sum()), float(np.sqrt(n) * np.std(d, ddof=1)) if n >= 2 else None)
     out[name] = row
   return out
 
