@@ -242,6 +242,11 @@ def test_cli_bias_refuses_another_vocabulary(tmp_path, monkeypatch, capsys):
   assert not list(tmp_path.glob(".bias*"))           # no temporary left either
   assert eval_main(["bias", "--source", src, "--pruned", src, "--tasks", "lambada"]) == 2
   assert "not multiple-choice" in capsys.readouterr().err
+  # refused before any model is scored
+  monkeypatch.setattr(bias, "score_model", lambda *a, **k: pytest.fail("scored"))
+  assert eval_main(["bias", "--source", src, "--pruned", src, "--tasks", "arc_easy",
+                    "--bootstrap", "1"]) == 2
+  assert "--bootstrap: 0 (none) or at least 2 resamples, got 1" in capsys.readouterr().err
 
 
 def test_compare_columns_from_cached_predictions(tmp_path):

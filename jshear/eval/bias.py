@@ -632,6 +632,8 @@ def run(args, eval_root) -> int:
   by_cat = [s.strip() for s in (args.by_category or "").split(",") if s.strip()]
   if args.out and os.path.exists(args.out) and not args.overwrite:
     raise JShearError(f"--out {args.out} already exists (pass --overwrite to replace it)")
+  check(args.bootstrap == 0 or args.bootstrap >= 2,
+        f"--bootstrap: 0 (none) or at least 2 resamples, got {args.bootstrap}")
   with contextlib.redirect_stdout(sys.stderr):  # stdout holds the table alone
     res = evaluate(args.source, pruned, args.tasks, eval_root, limit=args.limit,
                    rule=args.rule, zero_rates=args.zero_rates, alpha=args.alpha,
