@@ -236,9 +236,12 @@ def bootstrap(gold, src_pred, pruned_preds: Sequence, n_choices, groups=None,
   every pruned model see the same resample, and the same `seed` gives the same resamples for
   any model on the same documents, so draws of two models can be paired. A draw where no class
   keeps a relative change has no CEV; `usable` counts the others."""
+  return _bootstrap(_counter(gold, src_pred, pruned_preds, n_choices, groups), len(gold),
+                    src_pred, pruned_preds, zero_rates, alpha, draws, seed)
+
+
+def _bootstrap(count, n, src_pred, pruned_preds, zero_rates, alpha, draws, seed) -> dict:
   check(draws >= 2, f"bootstrap needs at least 2 draws, got {draws}")
-  count = _counter(gold, src_pred, pruned_preds, n_choices, groups)
-  n = len(gold)
   rng = np.random.default_rng(seed)
   cevs, sdes = np.full(draws, np.nan), np.full(draws, np.nan)
   for b in range(draws):
@@ -267,8 +270,8 @@ def task_bias(gold, src_pred, pruned_preds: Sequence, n_choices, groups=None,
   every = np.arange(len(gold))
   res = bias_points(count(src_pred, every), [count(p, every) for p in pruned_preds],
                     zero_rates, alpha)
-  res["bootstrap"] = (bootstrap(gold, src_pred, pruned_preds, n_choices, groups, zero_rates,
-                                alpha, draws, seed) if draws else None)
+  res["bootstrap"] = (_bootstrap(count, len(gold), src_pred, pruned_preds, zero_rates, alpha,
+                                 draws, seed) if draws else None)
   idx = pies(src_pred, pruned_preds)
   hist = np.unique(np.asarray(n_choices), return_counts=True)
   res.update(n=int(len(gold)), class_by="answer" if groups is None else "category",
@@ -460,6 +463,15 @@ def _f(v, fmt=".4f"):
   return "-" if v is None or not math.isfinite(v) else format(v, fmt)
 
 
+def _zero_rates_text(res: dict) -> str:
+  return res["zero_rates"] + (f" (alpha {res['alpha']})" if res["alpha"] is not None else "")
+
+
+def _not_kept(t: dict) -> str:
+  """The classes excluded or smoothed, with their status."""
+  return ", ".join(f"{c} ({s})" for c, s in zip(t["classes"], t["status"]) if s != "ok") or "-"
+
+
 def _pm(t: dict, key: str, fmt: str) -> str:
   """CEV or SDE, with its bootstrap standard error when there is one."""
   b = t.get("bootstrap")
@@ -481,7 +493,7 @@ def _se_note(res: dict) -> str:
 
 def each_markdown(res: dict) -> str:
   """--each: one summary row per pruned model and task, then each model's own tables."""
-  zr = res["zero_rates"] + (f" (alpha {res['alpha']})" if res["alpha"] is not None else "")
+  zr = _zero_rates_text(res)
   lines = ["# Pruning-induced bias of each model (Simon Says, arXiv 2106.07849)", "",
            f"Source: `{res['source']}`, scored once; each pruned model against it alone. "
            f"Prediction rule: {res['rule']}. Zero base rates: {zr}. CEV in %^2 (twice the "
@@ -490,10 +502,9 @@ def each_markdown(res: dict) -> str:
            "|---|---|---:|---:|---:|---:|---:|---:|---|"]
   for label, r in zip(res["labels"], res["runs"]):
     for name, t in r["tasks"].items():
-      other = [f"{c} ({s})" for c, s in zip(t["classes"], t["status"]) if s != "ok"]
       lines.append(f"|{label}|{name}|{t['n']}|{_f(t['accuracy']['source'])}|"
                    f"{_f(t['accuracy']['pruned'][0])}|{_pm(t, 'cev', '.0f')}|"
-                   f"{_pm(t, 'sde', '.1f')}|{len(t['pies'])}|{', '.join(other) or '-'}|")
+                   f"{_pm(t, 'sde', '.1f')}|{len(t['pies'])}|{_not_kept(t)}|")
   for label, r in zip(res["labels"], res["runs"]):
     body = to_markdown(r).split("\n")
     lines += ["", f"## {label}", ""] + ["#" + l if l.startswith("#") else l for l in body[2:]]
@@ -505,7 +516,7 @@ def to_markdown(res: dict) -> str:
     return each_markdown(res)
   rule = {"acc": "argmax of the choices' summed log-likelihoods (acc's rule)",
           "acc_norm": "argmax of log-likelihood per character (acc_norm's rule)"}[res["rule"]]
-  zr = res["zero_rates"] + (f" (alpha {res['alpha']})" if res["alpha"] is not None else "")
+  zr = _zero_rates_text(res)
   lines = ["# Pruning-induced bias (Simon Says, arXiv 2106.07849)", "",
            f"Source: `{res['source']}`. Pruned ({len(res['pruned'])}; rates averaged): " +
            ", ".join(f"`{p}`" for p in res["pruned"]) + ".", "",
@@ -516,10 +527,9 @@ def to_markdown(res: dict) -> str:
            "|task|classes|n|acc source|acc pruned (mean)|CEV|SDE|PIEs|not kept as is|",
            "|---|---|---:|---:|---:|---:|---:|---:|---|"]
   for name, t in res["tasks"].items():
-    other = [f"{c} ({s})" for c, s in zip(t["classes"], t["status"]) if s != "ok"]
     lines.append(f"|{name}|{t['class_by']}|{t['n']}|{_f(t['accuracy']['source'])}|"
                  f"{_f(float(np.mean(t['accuracy']['pruned'])))}|{_pm(t, 'cev', '.2f')}|"
-                 f"{_pm(t, 'sde', '.2f')}|{len(t['pies'])}|{', '.join(other) or '-'}|")
+                 f"{_pm(t, 'sde', '.2f')}|{len(t['pies'])}|{_not_kept(t)}|")
   for name, t in res["tasks"].items():
     counts = ", ".join(f"{k} choices: {v}" for k, v in t["choice_counts"].items())
     what = "gold answer position" if t["class_by"] == "answer" else "document category"
